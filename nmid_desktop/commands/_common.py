@@ -1,0 +1,75 @@
+"""Pieces every sub-command shares: the ``--library`` option, opening the store, a progress line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+from nmid_desktop.core.config import Settings, load_settings
+from nmid_desktop.core.jobs import CancelToken, Job, Progress, run_job
+from nmid_desktop.core.paths import default_library_dir
+
+T = TypeVar("T")
+
+
+def add_library_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--library PATH`` (default: settings' library, else the user data folder)."""
+    parser.add_argument(
+        "--library",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="library folder (default: the one in settings, else the user data folder)",
+    )
+
+
+def library_path(args: argparse.Namespace, settings: Settings | None = None) -> Path:
+    """The library folder chosen by ``--library``, the settings, or the default."""
+    if getattr(args, "library", None):
+        return Path(args.library)
+    settings = settings or load_settings()
+    return Path(settings.library) if settings.library else default_library_dir()
+
+
+def open_store(args: argparse.Namespace, *, create: bool = True):  # -> Store
+    """Open the library named by the arguments."""
+    from nmid_desktop.core.store import open_library
+
+    return open_library(library_path(args), create=create)
+
+
+class ProgressLine:
+    """Prints a job's progress as one self-overwriting line on stderr when it is a terminal."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last_len = 0
+
+    def __call__(self, progress: Progress) -> None:
+        if not self.tty:
+            return
+        total = f"/{progress.total}" if progress.total else ""
+        text = f"{progress.done}{total} {progress.message}"[:120]
+        self.stream.write("\r" + text + " " * max(0, self._last_len - len(text)))
+        self.stream.flush()
+        self._last_len = len(text)
+
+    def close(self) -> None:
+        if self.tty and self._last_len:
+            self.stream.write("\r" + " " * self._last_len + "\r")
+            self.stream.flush()
+
+
+def drive(job: Job[T], token: CancelToken | None = None) -> T:
+    """Run a job with a progress line; Ctrl+C cancels it cleanly (the job's rollback runs)."""
+    line = ProgressLine()
+    try:
+        return run_job(job, line, token)
+    except KeyboardInterrupt:
+        job.close()
+        raise
+    finally:
+        line.close()

@@ -1,0 +1,1 @@
+"""Headless core: no Qt and no top-level torch import anywhere in this package."""
