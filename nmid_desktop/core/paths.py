@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -40,11 +41,18 @@ def default_library_dir() -> Path:
     return data_dir() / "library"
 
 
+def _install_root() -> Path:
+    # A PyInstaller build unpacks resources/ and models/ under sys._MEIPASS; a source
+    # or editable install has them beside the package.
+    frozen = getattr(sys, "_MEIPASS", None)
+    return Path(frozen) if frozen else Path(__file__).resolve().parents[2]
+
+
 def resources_dir() -> Path:
-    """The ``resources/`` folder shipped with the package (prompts, prices, default config)."""
-    return Path(__file__).resolve().parents[2] / "resources"
+    """The ``resources/`` folder shipped with the package (prompts, prices, icons)."""
+    return _install_root() / "resources"
 
 
 def models_dir() -> Path:
     """The ``models/`` folder holding encoder manifests and small weights."""
-    return Path(__file__).resolve().parents[2] / "models"
+    return _install_root() / "models"
