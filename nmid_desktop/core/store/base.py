@@ -53,6 +53,10 @@ class ImageRecord:
     label_model: str | None
     label_confidence: float | None
     review: str
+    # Who set the label, with which prompt, and when: export provenance needs them.
+    label_actor: str | None = None
+    label_prompt_version: str | None = None
+    label_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close connections; the store cannot be used afterwards."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abc.abstractmethod
     def transaction(self) -> AbstractContextManager[None]:

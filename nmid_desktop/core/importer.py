@@ -1,0 +1,557 @@
+"""Import images into a library: a folder (ImageFolder or flat), a CSV manifest, or dropped files.
+
+Every import is a job (a generator yielding :class:`~nmid_desktop.core.jobs.Progress`
+per file) that returns an :class:`ImportReport` saying, for every file and page,
+whether it was imported, a duplicate (of which file or library image), or skipped
+(and why). One bad file never stops an import.
+
+Per file: a streamed sha256, the header (``probe_image``), a full decode of every
+new page (so a truncated file is caught now, not at classification time), the
+data bar crop box, then ``add_image`` and ``set_label(source="import")``.
+Hashing and decoding run in a small thread pool (hashlib and Pillow release the
+GIL); all SQLite writes stay on the job's thread. Writes are committed in batches
+(every ``batch_size`` files or ``_COMMIT_EVERY_S`` seconds), so a killed process
+loses at most the uncommitted batch and never a committed label; cancelling
+commits the files already done and stops.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nmid_desktop.core.databar import find_micrograph_box
+from nmid_desktop.core.errors import ImageError, LabelError, LibraryError, NmidError
+from nmid_desktop.core.images import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, probe_image, read_image
+from nmid_desktop.core.jobs import Job, Progress
+from nmid_desktop.core.labels import validate_label
+from nmid_desktop.core.store.base import Store
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("auto", "imagefolder", "flat")
+IMPORTED, DUPLICATE, SKIPPED, RELABELLED = "imported", "duplicate", "skipped", "relabelled"
+
+_HASH_CHUNK = 1 << 20
+_COMMIT_EVERY_S = 1.0  # keeps the write lock short, so a label set in the window never waits long
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+_HEADER_NAMES = {"path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path"}
+
+
+@dataclass
+class ImportItem:
+    """What happened to one file (one page of a multi-page file).
+
+    Attributes:
+        path: The file.
+        status: ``imported``; ``duplicate`` (same bytes as ``duplicate_of``, nothing
+            added); ``skipped`` (``reason`` says why); or ``relabelled`` (a duplicate of
+            an unlabelled library image, which received this file's label).
+        image_id: The library image (new or existing), None when skipped.
+        label: The label the import gave or asked for.
+        reason: Why a file was skipped, or a note (a label conflict).
+        duplicate_of: The earlier file of this import, or ``library image N (name)``.
+        page: Page index for multi-page TIFF.
+    """
+
+    path: Path
+    status: str
+    image_id: int | None = None
+    label: str | None = None
+    reason: str = ""
+    duplicate_of: str | None = None
+    page: int = 0
+
+
+@dataclass
+class ImportReport:
+    """Per-file outcome of an import, with counts."""
+
+    items: list[ImportItem] = field(default_factory=list)
+    cancelled: bool = False
+
+    def count(self, status: str) -> int:
+        """How many items have this status."""
+        return sum(1 for item in self.items if item.status == status)
+
+    @property
+    def imported(self) -> int:
+        """Images added to the library."""
+        return self.count(IMPORTED)
+
+    @property
+    def duplicates(self) -> int:
+        """Items whose bytes were already in the library or earlier in this import."""
+        return self.count(DUPLICATE)
+
+    @property
+    def skipped(self) -> int:
+        """Files that could not be imported."""
+        return self.count(SKIPPED)
+
+    @property
+    def relabelled(self) -> int:
+        """Duplicates that gave an unlabelled library image its label."""
+        return self.count(RELABELLED)
+
+    def summary(self) -> str:
+        """One line: counts of each outcome."""
+        parts = [f"{self.imported} imported", f"{self.duplicates} duplicates", f"{self.skipped} skipped"]
+        if self.relabelled:
+            parts.append(f"{self.relabelled} relabelled")
+        return ", ".join(parts) + (" (cancelled)" if self.cancelled else "")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A file to import with the label its location gives, or why it cannot be imported."""
+
+    path: str
+    label: str | None = None
+    error: str = ""
+
+
+@dataclass
+class _Page:
+    page: int
+    width: int = 0
+    height: int = 0
+    crop_box: tuple[int, int, int, int] | None = None
+    known: bool = False  # already in the library (committed): not decoded
+    error: str = ""
+
+
+@dataclass
+class _Prepared:
+    """What the worker threads found out about one file."""
+
+    sha256: str = ""
+    n_pages: int = 1
+    dtype: str = ""
+    pixel_size_m: float | None = None
+    pages: list[_Page] = field(default_factory=list)
+    error: str = ""
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+def _is_ignored(name: str) -> bool:
+    return name.startswith(".") or name.lower() in _IGNORED_NAMES
+
+
+def _scan(folder: Path, skip: Path | None) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
+    """Sorted (files, dirs) of one folder, hidden entries and the library itself left out."""
+    files: list[os.DirEntry] = []
+    dirs: list[os.DirEntry] = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if _is_ignored(entry.name):
+                continue
+            # Symlinked folders are not followed: they can loop.
+            if entry.is_dir(follow_symlinks=False):
+                if skip is None or Path(entry.path).resolve() != skip:
+                    dirs.append(entry)
+            elif entry.is_file():
+                files.append(entry)
+    files.sort(key=lambda e: e.name)
+    dirs.sort(key=lambda e: e.name)
+    return files, dirs
+
+
+def _file_entry(path: str, label: str | None, label_error: str = "") -> _Entry:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        return _Entry(path, label, f"not a supported image type ({suffix or 'no suffix'})")
+    return _Entry(path, label, label_error)
+
+
+def _walk(folder: Path, label: str | None, label_error: str, recursive: bool, skip: Path | None) -> Iterator[_Entry]:
+    """Every file under ``folder`` in sorted order, depth first, one folder listed at a time."""
+    files, dirs = _scan(folder, skip)
+    for entry in files:
+        yield _file_entry(entry.path, label, label_error)
+    del files
+    if recursive:
+        for entry in dirs:
+            yield from _walk(Path(entry.path), label, label_error, recursive, skip)
+
+
+def _checked_label(name: str) -> tuple[str | None, str]:
+    try:
+        return validate_label(name), ""
+    except LabelError as exc:
+        return None, f"invalid label: {exc}"
+
+
+def _folder_entries(folder: Path, layout: str, recursive: bool, skip: Path | None) -> list[_Entry]:
+    if layout not in LAYOUTS:
+        raise NmidError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NmidError(f"{folder} is not a folder")
+    files, dirs = _scan(folder, skip)
+    if layout == "auto":
+        has_images = any(os.path.splitext(e.name)[1].lower() in SUPPORTED_SUFFIXES for e in files)
+        layout = "imagefolder" if dirs and not has_images else "flat"
+    entries = [_file_entry(e.path, None) for e in files]
+    for d in dirs:
+        if layout == "imagefolder":
+            # ImageFolder: the top-level folder names the class, at any depth below it.
+            label, error = _checked_label(d.name)
+            entries.extend(_walk(Path(d.path), label, error, True, skip))
+        elif recursive:
+            entries.extend(_walk(Path(d.path), None, "", True, skip))
+    return entries
+
+
+def _csv_entries(manifest: Path) -> list[_Entry]:
+    manifest = Path(manifest)
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise NmidError(f"cannot read the manifest {manifest}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise NmidError(f"{manifest} is not a UTF-8 text file") from None
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    base = manifest.parent
+    entries: list[_Entry] = []
+    for n, row in enumerate(csv.reader(io.StringIO(text), dialect)):
+        cells = [c.strip() for c in row]
+        if not cells or not cells[0]:
+            continue
+        if n == 0 and cells[0].lower() in _HEADER_NAMES:
+            continue
+        path = Path(cells[0]).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        raw_label = cells[1] if len(cells) > 1 else ""
+        label, error = _checked_label(raw_label) if raw_label else (None, "")
+        entries.append(_file_entry(str(path), label, error))
+    return entries
+
+
+# ---------------------------------------------------------------------------- per-file work
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _prepare(path: str, store: Store, max_pixels: int, detect_bar: bool) -> _Prepared:
+    """Hash, probe and decode one file (runs in a worker thread; never raises).
+
+    Pages already in the library are not decoded again. The lookup runs on the
+    worker's own connection, so it does not see the job's uncommitted batch; copies
+    within one import are caught by the committer instead.
+    """
+    result = _Prepared()
+    try:
+        result.sha256 = _sha256(path)
+        info = probe_image(Path(path), max_pixels=max_pixels)
+        result.n_pages, result.dtype, result.pixel_size_m = info.n_pages, info.dtype, info.pixel_size_m
+        for page in range(info.n_pages):
+            if store.find_image(result.sha256, page) is not None:
+                result.pages.append(_Page(page, known=True))
+                continue
+            try:
+                image = read_image(Path(path), page, max_pixels=max_pixels)
+                height, width = image.shape
+                box = find_micrograph_box(image.view8) if detect_bar else None
+                result.pages.append(_Page(page, width, height, box))
+            except ImageError as exc:
+                result.pages.append(_Page(page, error=exc.reason))
+    except FileNotFoundError:
+        result.error = "file not found"
+    except ImageError as exc:
+        result.error = exc.reason
+    except OSError as exc:
+        result.error = f"cannot read file ({exc.strerror or exc})"
+    except NmidError as exc:  # e.g. the library was closed under us
+        result.error = str(exc)
+    except MemoryError:
+        result.error = "not enough memory to decode this image"
+    except Exception as exc:  # a decoder bug must not stop a 10,000-file import
+        # The report carries the reason; the traceback is for `nmid -v`.
+        log.debug("unexpected error importing %s", path, exc_info=True)
+        result.error = f"unexpected error: {type(exc).__name__}: {exc}"
+    return result
+
+
+def _in_order(
+    pool: ThreadPoolExecutor, entries: Iterable[_Entry], work: Callable[[str], _Prepared], window: int
+) -> Iterator[tuple[_Entry, _Prepared | None]]:
+    """Results in input order, with at most ``window`` files in flight (bounded memory)."""
+    pending: deque[tuple[_Entry, Future[_Prepared] | None]] = deque()
+    it = iter(entries)
+
+    def submit(entry: _Entry) -> None:
+        pending.append((entry, None if entry.error else pool.submit(work, entry.path)))
+
+    for entry in it:
+        submit(entry)
+        if len(pending) >= window:
+            break
+    while pending:
+        entry, future = pending.popleft()
+        following = next(it, None)
+        if following is not None:
+            submit(following)
+        yield entry, None if future is None else future.result()
+
+
+class _Committer:
+    """Adds prepared files to the store and decides each item's status (job thread only)."""
+
+    def __init__(self, store: Store, *, copy: bool, actor: str) -> None:
+        self.store = store
+        self.copy = copy
+        self.actor = actor
+        # (sha256, page) -> (what a later copy duplicates, image id, label)
+        self.seen: dict[tuple[str, int], tuple[str, int, str | None]] = {}
+
+    def add(self, entry: _Entry, prep: _Prepared | None) -> list[ImportItem]:
+        path = Path(entry.path)
+        if entry.error or prep is None:
+            return [ImportItem(path, SKIPPED, label=entry.label, reason=entry.error)]
+        if prep.error:
+            return [ImportItem(path, SKIPPED, label=entry.label, reason=prep.error)]
+        items = []
+        for page in prep.pages:
+            try:
+                # A savepoint per page: a failure leaves nothing half-added.
+                with self.store.transaction():
+                    items.append(self._add_page(path, entry.label, prep, page))
+            except (LibraryError, LabelError) as exc:
+                items.append(ImportItem(path, SKIPPED, label=entry.label, reason=str(exc), page=page.page))
+        return items
+
+    def _add_page(self, path: Path, label: str | None, prep: _Prepared, page: _Page) -> ImportItem:
+        key = (prep.sha256, page.page)
+        if key in self.seen:
+            first, image_id, first_label = self.seen[key]
+            note = ""
+            if label is not None and first_label is not None and label != first_label:
+                note = f"same bytes labelled {first_label!r} there; label {label!r} ignored"
+            return ImportItem(path, DUPLICATE, image_id, label, note, first, page.page)
+        if page.error:
+            return ImportItem(path, SKIPPED, label=label, reason=page.error, page=page.page)
+        existing = self.store.find_image(prep.sha256, page.page) if page.known else None
+        if existing is None and not page.known:
+            image_id, created = self.store.add_image(
+                path,
+                sha256=prep.sha256,
+                page=page.page,
+                n_pages=prep.n_pages,
+                width=page.width,
+                height=page.height,
+                dtype=prep.dtype,
+                pixel_size_m=prep.pixel_size_m,
+                crop_box=page.crop_box,
+                copy=self.copy,
+            )
+            if created:
+                if label is not None:
+                    self.store.set_label(image_id, label, source="import", actor=self.actor)
+                self.seen[key] = (str(path), image_id, label)
+                return ImportItem(path, IMPORTED, image_id, label, page=page.page)
+            existing = self.store.get_image(image_id)  # added meanwhile by another process
+        if existing is None:  # known at start but gone now: cannot happen without deletes
+            raise LibraryError(f"{path}: image vanished from the library during import")
+        where = f"library image {existing.id} ({existing.original_name})"
+        # Later copies in this import are reported against the library image too.
+        self.seen[key] = (where, existing.id, existing.label if existing.label is not None else label)
+        if label is not None and existing.label is None:
+            self.store.set_label(existing.id, label, source="import", actor=self.actor)
+            return ImportItem(path, RELABELLED, existing.id, label, "was unlabelled", where, page.page)
+        note = ""
+        if label is not None and existing.label != label:
+            note = f"library label {existing.label!r} kept; this file says {label!r}"
+        return ImportItem(path, DUPLICATE, existing.id, label, note, where, page.page)
+
+
+def _run(
+    store: Store,
+    entries: list[_Entry],
+    *,
+    copy: bool,
+    max_pixels: int,
+    detect_bar: bool,
+    actor: str,
+    batch_size: int,
+    workers: int | None,
+) -> Job[ImportReport]:
+    report = ImportReport()
+    total = len(entries)
+    if total == 0:
+        return report
+    committer = _Committer(store, copy=copy, actor=actor)
+    n_workers = workers or max(1, min(4, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="nmid-import")
+    results = _in_order(pool, entries, lambda p: _prepare(p, store, max_pixels, detect_bar), n_workers * 4)
+    done = 0
+    try:
+        exhausted = False
+        while not exhausted and not report.cancelled:
+            # One transaction per batch; the per-file yields inside are the cancel points.
+            with store.transaction():
+                started = time.monotonic()
+                for _ in range(batch_size):
+                    nxt = next(results, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    items = committer.add(*nxt)
+                    report.items.extend(items)
+                    done += 1
+                    try:
+                        yield Progress(done, total, os.path.basename(nxt[0].path), items)
+                    except GeneratorExit:
+                        # Cancelled: leave the with-block normally so the files done are committed.
+                        report.cancelled = True
+                        break
+                    if time.monotonic() - started > _COMMIT_EVERY_S:
+                        break
+    finally:
+        results.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return report
+
+
+def import_folder(
+    store: Store,
+    folder: Path,
+    *,
+    layout: str = "auto",
+    copy: bool = True,
+    recursive: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    detect_bar: bool = True,
+    actor: str = "",
+    batch_size: int = 200,
+    workers: int | None = None,
+) -> Job[ImportReport]:
+    """Import a folder: ``imagefolder`` (one sub-folder per class), ``flat`` (unlabelled) or ``auto``.
+
+    ``auto`` takes ImageFolder layout when the folder holds sub-folders and no image
+    files of its own, flat otherwise. Hidden files and the library's own folder are
+    left out; other files that are not images are reported as skipped.
+
+    Args:
+        store: The library.
+        folder: The folder to import.
+        layout: ``auto``, ``imagefolder`` or ``flat``.
+        copy: Copy files into the library (default) or reference them where they are.
+        recursive: For flat layout, also import sub-folders (ImageFolder is always recursive
+            below each class folder).
+        max_pixels: Decompression-bomb limit per image.
+        detect_bar: Detect the SEM data bar and store the crop box.
+        actor: Who imports (recorded in label history).
+        batch_size: Files per committed transaction.
+        workers: Threads for hashing and decoding (default: up to 4).
+
+    Yields:
+        Progress per file; ``data`` is the list of :class:`ImportItem` for that file.
+
+    Returns:
+        The report of every file.
+
+    Raises:
+        NmidError: If the folder does not exist or the layout is unknown.
+    """
+    entries = _folder_entries(Path(folder), layout, recursive, _resolved(store.root))
+    return (
+        yield from _run(
+            store, entries, copy=copy, max_pixels=max_pixels, detect_bar=detect_bar, actor=actor,
+            batch_size=batch_size, workers=workers,
+        )
+    )
+
+
+def import_csv(
+    store: Store,
+    manifest: Path,
+    *,
+    copy: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    detect_bar: bool = True,
+    actor: str = "",
+    batch_size: int = 200,
+    workers: int | None = None,
+) -> Job[ImportReport]:
+    """Import the files a CSV manifest lists as ``path,label`` rows.
+
+    Relative paths are resolved against the manifest's folder; a header row
+    (``path,label``) is allowed; an empty label imports the file unlabelled; the
+    delimiter may be ``,``, ``;`` or tab. Arguments are as in :func:`import_folder`.
+
+    Raises:
+        NmidError: If the manifest cannot be read.
+    """
+    entries = _csv_entries(Path(manifest))
+    return (
+        yield from _run(
+            store, entries, copy=copy, max_pixels=max_pixels, detect_bar=detect_bar, actor=actor,
+            batch_size=batch_size, workers=workers,
+        )
+    )
+
+
+def import_files(
+    store: Store,
+    paths: list[Path],
+    label: str | None = None,
+    *,
+    copy: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    detect_bar: bool = True,
+    actor: str = "",
+    batch_size: int = 200,
+    workers: int | None = None,
+) -> Job[ImportReport]:
+    """Import dropped files (and folders, flat and recursive), all with ``label`` if given.
+
+    Arguments are as in :func:`import_folder`.
+
+    Raises:
+        LabelError: If ``label`` is not a valid class name.
+    """
+    if label is not None:
+        label = validate_label(label)
+    skip = _resolved(store.root)
+    entries: list[_Entry] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            entries.extend(_walk(path, label, "", True, skip))
+        else:
+            entries.append(_file_entry(str(path), label))
+    return (
+        yield from _run(
+            store, entries, copy=copy, max_pixels=max_pixels, detect_bar=detect_bar, actor=actor,
+            batch_size=batch_size, workers=workers,
+        )
+    )
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return Path(path).resolve()
+    except OSError:
+        return None
