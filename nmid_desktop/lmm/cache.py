@@ -1,0 +1,110 @@
+"""A disk cache of API responses, so that the same request is never paid for twice.
+
+The key is the SHA-256 of (endpoint URL, kind of call, the full request as
+canonical JSON). The request holds the model name, every message and every image
+(as its data URL), so any change in prompt, image, model or option is a new key.
+The API key is not part of the request and never reaches the cache.
+
+Entries are JSON files written atomically (temporary file, then ``os.replace``),
+so a crash or two threads answering the same request never leave half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nmid_desktop.core.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``<user cache folder>/lmm`` (not created here)."""
+    return cache_dir() / "lmm"
+
+
+def request_key(endpoint: str, kind: str, request: dict[str, Any]) -> str:
+    """The cache key of one request.
+
+    Args:
+        endpoint: The base URL (trailing slashes ignored).
+        kind: The API call, e.g. ``"chat"`` or ``"images"``.
+        request: The full JSON request body.
+
+    Returns:
+        64 hex digits.
+    """
+    canonical = json.dumps(
+        {"format": CACHE_FORMAT, "endpoint": endpoint.rstrip("/"), "kind": kind, "request": request},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """Responses on disk under ``folder/<2 hex>/<64 hex>.json``. Safe to share between threads."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else default_cache_dir()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The cached response for ``key``, or None (a damaged entry counts as missing)."""
+        path = self._path(key)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read cache entry %s: %s", path.name, exc)
+            return None
+        try:
+            entry = json.loads(text)
+        except json.JSONDecodeError:
+            log.warning("ignoring a damaged cache entry %s", path.name)
+            return None
+        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
+            return None
+        response = entry.get("response")
+        return response if isinstance(response, dict) else None
+
+    def put(self, key: str, response: dict[str, Any]) -> None:
+        """Store a response atomically."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"format": CACHE_FORMAT, "response": response}, ensure_ascii=False)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def __contains__(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def clear(self) -> int:
+        """Delete every entry; returns how many were removed."""
+        removed = 0
+        if not self.folder.is_dir():
+            return 0
+        for path in self.folder.glob("??/*.json"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed

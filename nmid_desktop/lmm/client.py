@@ -1,0 +1,656 @@
+"""The OpenAI-compatible client: endpoint, retries, cache, and errors that never carry the key.
+
+One :class:`LmmClient` wraps the official ``openai`` package pointed at any
+OpenAI-compatible base URL (OpenAI, Azure OpenAI's v1 API, Ollama, vLLM,
+LM Studio). The ``openai`` client's own retries are switched off
+(``max_retries=0``) so that the policy here is explicit and tested:
+
+* 429, 408, 409, 5xx, timeouts and dropped connections are retried with
+  exponential backoff (``backoff_s * 2**attempt``, plus up to 10 % jitter),
+  but a ``Retry-After`` / ``retry-after-ms`` header from the server wins;
+* a 429 with code ``insufficient_quota`` is not retried (waiting does not help);
+* every wait is cut into short slices that check the :class:`CancelToken`.
+
+Successful responses go to a :class:`~nmid_desktop.lmm.cache.ResponseCache`
+keyed by (endpoint, kind, full request), so the same request is never paid twice.
+
+Errors become :class:`LmmError` subclasses whose text has passed through
+:func:`~nmid_desktop.lmm.secrets.redact`; the ``openai`` exception (whose message
+may quote a server that echoed the Authorization header) is not chained.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlparse
+
+from nmid_desktop.core.config import LmmSettings
+from nmid_desktop.core.errors import NmidError
+from nmid_desktop.core.jobs import CancelToken
+from nmid_desktop.lmm.cache import ResponseCache, request_key
+from nmid_desktop.lmm.secrets import get_api_key, key_source, redact
+
+log = logging.getLogger(__name__)
+
+OPENAI_URL = "https://api.openai.com/v1"
+# Local servers ignore the key, but the openai package insists on one. LM Studio and
+# llama.cpp document the same trick.
+NO_KEY = "no-key"
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+
+NO_ENDPOINT_MESSAGE = (
+    "no endpoint configured: set lmm.base_url in the settings (or OPENAI_BASE_URL) for a local or "
+    "OpenAI-compatible server, and/or an API key (OPENAI_API_KEY or `nmid api-key set`). "
+    "Without them nmid works offline with the local predictor."
+)
+
+
+# ----------------------------------------------------------------------------- errors
+
+class LmmError(NmidError):
+    """A call to the model endpoint failed. The message is already free of secrets.
+
+    Attributes:
+        fatal: True when retrying other items of a batch cannot help (no endpoint,
+            bad key, missing model, unreachable server); a batch stops at such an error.
+    """
+
+    fatal = False
+
+
+class NoEndpointError(LmmError):
+    """Neither a base URL nor an API key is configured: the app is offline."""
+
+    fatal = True
+
+    def __init__(self, message: str = NO_ENDPOINT_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class EndpointAuthError(LmmError):
+    """The endpoint refused the key (401/403) or the quota is used up."""
+
+    fatal = True
+
+
+class ModelUnavailableError(LmmError):
+    """A configured model is retired or unknown at the endpoint; the message names the setting."""
+
+    fatal = True
+
+
+class EndpointUnreachableError(LmmError):
+    """The server could not be reached at all (refused connection, bad host)."""
+
+    fatal = True
+
+
+class RequestRejectedError(LmmError):
+    """The endpoint rejected the request as invalid (400/422)."""
+
+
+class MalformedResponseError(LmmError):
+    """The endpoint answered 200 with a body that is not the expected JSON."""
+
+
+# ----------------------------------------------------------------------------- endpoint
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go. ``api_key`` is left out of ``repr`` so it cannot leak into logs.
+
+    Attributes:
+        base_url: The ``.../v1`` URL.
+        api_key: The key, or :data:`NO_KEY` for local servers without one.
+        organization: OpenAI organisation id, or "".
+        timeout_s: Seconds one HTTP call may take.
+        max_retries: Retries after the first try.
+        key_source: ``environment``, ``keyring``, ``file`` or ``none``.
+    """
+
+    base_url: str
+    api_key: str = field(default=NO_KEY, repr=False)
+    organization: str = ""
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    key_source: str = "none"
+
+    @property
+    def is_local(self) -> bool:
+        """True for a server on this machine (images do not leave it)."""
+        return (urlparse(self.base_url).hostname or "") in _LOCAL_HOSTS
+
+
+def resolve_endpoint(lmm: LmmSettings) -> Endpoint | None:
+    """The endpoint the settings and environment describe, or None when offline.
+
+    Base URL: ``lmm.base_url``, else ``OPENAI_BASE_URL``, else OpenAI itself when a
+    key exists. Key: ``OPENAI_API_KEY``, the OS keyring, or the private key file.
+    A base URL without a key is fine (local servers need none).
+    """
+    base_url = (lmm.base_url or os.environ.get("OPENAI_BASE_URL", "")).strip()
+    key = get_api_key()
+    if not base_url and not key:
+        return None
+    return Endpoint(
+        base_url=(base_url or OPENAI_URL).rstrip("/"),
+        api_key=key or NO_KEY,
+        organization=lmm.organization,
+        timeout_s=float(lmm.timeout_s),
+        max_retries=max(0, int(lmm.max_retries)),
+        key_source=key_source() if key else "none",
+    )
+
+
+def require_endpoint(lmm: LmmSettings) -> Endpoint:
+    """Like :func:`resolve_endpoint`, but raise :class:`NoEndpointError` when offline."""
+    endpoint = resolve_endpoint(lmm)
+    if endpoint is None:
+        raise NoEndpointError()
+    return endpoint
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class ChatResult:
+    """One chat completion, reduced to what the app uses.
+
+    Attributes:
+        text: The assistant's message text ("" when none).
+        refusal: The model's refusal text, if it refused.
+        finish_reason: ``stop``, ``length``, ``content_filter``, ...
+        tokens_in: Prompt tokens reported by the server (0 if not reported).
+        tokens_out: Completion tokens reported by the server.
+        model: The model that answered.
+        cached: True when served from the disk cache (nothing paid).
+    """
+
+    text: str
+    refusal: str | None
+    finish_reason: str | None
+    tokens_in: int
+    tokens_out: int
+    model: str
+    cached: bool = False
+
+    @property
+    def refused(self) -> bool:
+        """True when the model declined or a content filter stopped it."""
+        return bool(self.refusal) or self.finish_reason == "content_filter"
+
+
+@dataclass(frozen=True)
+class ImagesResult:
+    """Images from ``/v1/images/generations``: decoded bytes (PNG, JPEG or WebP)."""
+
+    images: list[bytes]
+    tokens_in: int
+    tokens_out: int
+    model: str
+    cached: bool = False
+
+
+def chat_result(response: dict[str, Any], cached: bool = False) -> ChatResult:
+    """Reduce a chat-completion JSON body to a :class:`ChatResult`.
+
+    Raises:
+        MalformedResponseError: If the body has no choices or no message.
+    """
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedResponseError("the endpoint's chat answer has no choices")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise MalformedResponseError("the endpoint's chat answer has no message")
+    content = message.get("content")
+    if isinstance(content, list):  # some servers return content parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    usage = response.get("usage") or {}
+    return ChatResult(
+        text=content if isinstance(content, str) else "",
+        refusal=message.get("refusal") or None,
+        finish_reason=choices[0].get("finish_reason"),
+        tokens_in=int(usage.get("prompt_tokens") or 0),
+        tokens_out=int(usage.get("completion_tokens") or 0),
+        model=str(response.get("model") or ""),
+        cached=cached,
+    )
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """Seconds the server asks us to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _error_detail(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("error") or body
+        return str(message)[:300]
+    if body:
+        return str(body)[:300]
+    return str(getattr(exc, "message", "") or type(exc).__name__)[:300]
+
+
+def _sleep(seconds: float, token: CancelToken | None) -> None:
+    """Sleep in short slices so a cancel request ends the wait at once."""
+    end = time.monotonic() + max(0.0, seconds)
+    while True:
+        if token is not None:
+            token.raise_if_cancelled()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(0.05, left))
+
+
+# ----------------------------------------------------------------------------- client
+
+class LmmClient:
+    """Calls to one endpoint, with retries, a response cache and secret-free errors.
+
+    Thread-safe: one client may serve every worker of a batch.
+
+    Args:
+        endpoint: Where to send requests.
+        cache: The response cache; None disables caching.
+        backoff_s: First backoff wait; doubled for every further retry.
+        backoff_max_s: Longest wait; a server asking for more is reported, not obeyed.
+        http_client: Optional ``httpx2.Client`` (proxies, custom TLS).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        cache: ResponseCache | None = None,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        http_client: Any = None,
+    ) -> None:
+        import openai
+
+        self.endpoint = endpoint
+        self.cache = cache
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.structured_outputs_ok: bool | None = None  # learned from the first rejection
+        self._models: list[Any] | None = None
+        self._lock = threading.Lock()
+        kwargs: dict[str, Any] = {}
+        if http_client is not None:
+            kwargs["http_client"] = http_client
+        self._openai = openai.OpenAI(
+            api_key=endpoint.api_key,
+            base_url=endpoint.base_url,
+            organization=endpoint.organization or None,
+            timeout=endpoint.timeout_s,
+            max_retries=0,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, lmm: LmmSettings, *, cache: ResponseCache | None | bool = True, backoff_s: float = 1.0
+    ) -> LmmClient:
+        """A client for the configured endpoint, with the default disk cache.
+
+        Raises:
+            NoEndpointError: When neither base URL nor key is configured.
+        """
+        if cache is True:
+            cache = ResponseCache()
+        elif cache is False:
+            cache = None
+        return cls(require_endpoint(lmm), cache=cache, backoff_s=backoff_s)
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._openai.close()
+
+    def __enter__(self) -> LmmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public calls --------------------------------------------------------------------
+    def list_models(self, *, token: CancelToken | None = None, refresh: bool = False) -> list[dict[str, Any]]:
+        """``GET /v1/models`` as plain dicts (``id``, ``owned_by``, ``created``, ``shutdown_date``...).
+
+        Fetched once per client unless ``refresh``; never cached on disk (it changes).
+        """
+        with self._lock:
+            if self._models is not None and not refresh:
+                return list(self._models)
+
+        def send() -> list[dict[str, Any]]:
+            return [m.model_dump(mode="json") for m in self._openai.models.list()]
+
+        models = self._with_retries(send, setting="lmm.base_url", model="", token=token)
+        with self._lock:
+            self._models = models
+        return list(models)
+
+    def chat(
+        self,
+        request: dict[str, Any],
+        *,
+        setting: str = "lmm.vision_model",
+        token: CancelToken | None = None,
+    ) -> ChatResult:
+        """``POST /v1/chat/completions`` with the given JSON body (cached).
+
+        Args:
+            request: The full request (``model``, ``messages``, optional ``response_format``).
+            setting: The setting that chose the model, named in errors about it.
+            token: Cancels waits between retries.
+        """
+        response, cached = self._cached_call(
+            "chat", request, lambda: self._openai.chat.completions.create(**request).model_dump(mode="json"),
+            setting=setting, token=token,
+        )
+        try:
+            return chat_result(response, cached)
+        except MalformedResponseError:
+            raise MalformedResponseError(f"{self.endpoint.base_url} answered without a chat message") from None
+
+    def chat_structured(
+        self,
+        request: dict[str, Any],
+        schema_name: str,
+        schema: dict[str, Any],
+        *,
+        enabled: bool = True,
+        setting: str = "lmm.vision_model",
+        token: CancelToken | None = None,
+    ) -> ChatResult:
+        """A chat call asking for JSON through ``response_format: json_schema`` when possible.
+
+        Servers without structured outputs reject ``response_format`` (400/422); then the
+        request is sent again without it (the prompt itself asks for JSON, parsed from
+        text) and the client remembers not to try again.
+        """
+        if not enabled or self.structured_outputs_ok is False:
+            return self.chat(request, setting=setting, token=token)
+        structured = dict(request)
+        structured["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+        }
+        try:
+            result = self.chat(structured, setting=setting, token=token)
+        except RequestRejectedError as exc:
+            log.info("endpoint rejected structured outputs (%s); falling back to text", exc)
+            result = self.chat(request, setting=setting, token=token)
+            self.structured_outputs_ok = False
+            return result
+        self.structured_outputs_ok = True
+        return result
+
+    def generate_images(
+        self,
+        request: dict[str, Any],
+        *,
+        cache_salt: str = "",
+        setting: str = "lmm.image_model",
+        token: CancelToken | None = None,
+    ) -> ImagesResult:
+        """``POST /v1/images/generations``; images come back as ``b64_json``.
+
+        Args:
+            request: ``model``, ``prompt``, ``n``, ``size`` and optional fields.
+            cache_salt: Part of the cache key only: asking for *more* images with the same
+                prompt needs a new key, a rerun after a crash must hit the old one.
+            setting: The setting that chose the model, named in errors about it.
+            token: Cancels waits between retries.
+        """
+        import base64
+        import binascii
+
+        response, cached = self._cached_call(
+            f"images{cache_salt}", request,
+            lambda: self._openai.images.generate(**request).model_dump(mode="json"),
+            setting=setting, token=token,
+        )
+        images: list[bytes] = []
+        for item in response.get("data") or []:
+            b64 = (item or {}).get("b64_json")
+            if not b64:
+                raise MalformedResponseError(
+                    f"{self.endpoint.base_url} returned image URLs instead of b64_json data; "
+                    "nmid does not download from URLs: use a server that returns b64_json"
+                )
+            try:
+                images.append(base64.b64decode(b64, validate=True))
+            except (binascii.Error, ValueError):
+                raise MalformedResponseError(f"{self.endpoint.base_url} returned an image that is not base64") from None
+        usage = response.get("usage") or {}
+        return ImagesResult(
+            images=images,
+            tokens_in=int(usage.get("input_tokens") or 0),
+            tokens_out=int(usage.get("output_tokens") or 0),
+            model=str(request.get("model") or ""),
+            cached=cached,
+        )
+
+    # -- machinery -----------------------------------------------------------------------
+    def _cached_call(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        send: Callable[[], dict[str, Any]],
+        *,
+        setting: str,
+        token: CancelToken | None,
+    ) -> tuple[dict[str, Any], bool]:
+        key = request_key(self.endpoint.base_url, kind, request) if self.cache is not None else ""
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                log.debug("cache hit for %s %s", kind, request.get("model"))
+                return hit, True
+        response = self._with_retries(send, setting=setting, model=str(request.get("model") or ""), token=token)
+        if self.cache is not None:
+            self.cache.put(key, response)
+        return response, False
+
+    def _backoff(self, attempt: int) -> float:
+        wait_s = min(self.backoff_max_s, self.backoff_s * (2**attempt))
+        return wait_s * (1.0 + 0.1 * random.random())
+
+    def _with_retries(self, send: Callable[[], Any], *, setting: str, model: str, token: CancelToken | None) -> Any:
+        import openai
+
+        tries = self.endpoint.max_retries + 1
+        for attempt in range(tries):
+            if token is not None:
+                token.raise_if_cancelled()
+            last = attempt == tries - 1
+            failure: LmmError | None = None
+            wait_s: float | None = None
+            try:
+                log.debug("request to %s (model %s), try %d/%d", self.endpoint.base_url, model or "-", attempt + 1, tries)
+                return send()
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                code = str(getattr(exc, "code", "") or "")
+                retryable = (status in (408, 409, 429) or status >= 500) and code != "insufficient_quota"
+                if not retryable or last:
+                    failure = self._translate(exc, setting=setting, model=model, tries=attempt + 1)
+                else:
+                    wait_s = retry_after_s(exc.response.headers)
+                    if wait_s is not None and wait_s > self.backoff_max_s:
+                        failure = LmmError(
+                            f"{self.endpoint.base_url} asks to wait {wait_s:.0f} s before the next request "
+                            f"({status}); try again later"
+                        )
+                    else:
+                        wait_s = self._backoff(attempt) if wait_s is None else wait_s
+                        log.info("%s answered %d; retrying in %.2f s", self.endpoint.base_url, status, wait_s)
+            except openai.APIConnectionError as exc:  # includes APITimeoutError
+                if last:
+                    failure = self._translate(exc, setting=setting, model=model, tries=attempt + 1)
+                else:
+                    wait_s = self._backoff(attempt)
+                    log.info("%s: %s; retrying in %.2f s", self.endpoint.base_url, type(exc).__name__, wait_s)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                # Not retried: the server may already have charged for the call.
+                failure = MalformedResponseError(f"{self.endpoint.base_url} answered with a body that is not JSON")
+            except openai.OpenAIError as exc:
+                failure = LmmError(f"{self.endpoint.base_url}: {exc}")
+            if failure is not None:
+                # Raised outside the except clause so the openai exception (whose text may quote a
+                # server that echoed our Authorization header) is not even the implicit context.
+                raise type(failure)(redact(str(failure), self.endpoint.api_key))
+            _sleep(wait_s or 0.0, token)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
+
+    def _translate(self, exc: Exception, *, setting: str, model: str, tries: int) -> LmmError:
+        import openai
+
+        where = self.endpoint.base_url
+        key = self.endpoint.api_key
+        if isinstance(exc, openai.APITimeoutError):
+            return LmmError(
+                redact(
+                    f"{where} did not answer within {self.endpoint.timeout_s:g} s "
+                    f"({tries} {'try' if tries == 1 else 'tries'}; setting lmm.timeout_s)",
+                    key,
+                )
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc.__context__
+            reason = f": {cause}" if cause else ""
+            return EndpointUnreachableError(
+                redact(f"cannot reach {where}{reason} (setting lmm.base_url or OPENAI_BASE_URL)", key)
+            )
+        if not isinstance(exc, openai.APIStatusError):  # pragma: no cover - callers pass only these
+            return LmmError(redact(f"{where}: {exc}", key))
+        status = exc.status_code
+        detail = _error_detail(exc)
+        code = str(getattr(exc, "code", "") or "")
+        if status == 401:
+            return EndpointAuthError(
+                redact(f"{where} refused the API key (401: {detail}); set it with `nmid api-key set` or OPENAI_API_KEY", key)
+            )
+        if status == 429 and code == "insufficient_quota":
+            return EndpointAuthError(redact(f"{where}: the account's quota is used up ({detail})", key))
+        if status in (403, 404) and model and (code == "model_not_found" or "model" in detail.lower()):
+            return ModelUnavailableError(
+                redact(
+                    f"setting {setting}: model '{model}' is not available at {where} ({status}: {detail}); "
+                    "choose another with `nmid models`",
+                    key,
+                )
+            )
+        if status == 403:
+            return EndpointAuthError(redact(f"{where} denied access (403: {detail})", key))
+        if status in (400, 413, 415, 422):
+            return RequestRejectedError(redact(f"{where} rejected the request ({status}: {detail})", key))
+        if status == 404:
+            return RequestRejectedError(redact(f"{where} has no such API route (404: {detail})", key))
+        return LmmError(
+            redact(f"{where} failed with {status} after {tries} {'try' if tries == 1 else 'tries'}: {detail}", key)
+        )
+
+
+# ----------------------------------------------------------------------------- batches
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """The end of one batch item: its index in the input, and its value or its error."""
+
+    index: int
+    value: R | None
+    error: BaseException | None
+
+
+def run_batch(
+    items: Sequence[T],
+    work: Callable[[T], R],
+    *,
+    max_workers: int,
+    token: CancelToken | None = None,
+    admit: Callable[[int], bool] | None = None,
+) -> Iterator[Outcome[R]]:
+    """Run ``work`` over ``items`` on up to ``max_workers`` threads; yield outcomes as they finish.
+
+    The consumer (the job's own thread) writes results to the store, so the store is
+    only ever touched from one thread. At most ``max_workers`` calls are in flight:
+    a cancel or a refusal by ``admit`` (the budget guard) stops new submissions at
+    once, and the calls already running still finish and are yielded. Closing this
+    generator early abandons the running calls; their responses still reach the
+    disk cache, so a rerun does not pay for them again.
+
+    Args:
+        items: The inputs, in order.
+        work: Called in a worker thread with one item.
+        max_workers: Concurrency limit (``lmm.max_concurrency``).
+        token: Stops new submissions when cancelled.
+        admit: Called (in the consumer's thread) before each submission with the
+            item's index; returning False stops new submissions.
+
+    Yields:
+        One :class:`Outcome` per submitted item, in completion order.
+    """
+    if max_workers < 1:
+        raise ValueError("max_workers must be at least 1")
+    executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="nmid-lmm")
+    pending: dict[Future[R], int] = {}
+    next_index = 0
+    stopped = False
+    try:
+        while True:
+            while not stopped and len(pending) < max_workers and next_index < len(items):
+                if (token is not None and token.cancelled) or (admit is not None and not admit(next_index)):
+                    stopped = True
+                    break
+                pending[executor.submit(work, items[next_index])] = next_index
+                next_index += 1
+            if not pending:
+                return
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                index = pending.pop(future)
+                error = future.exception()
+                yield Outcome(index, None if error is not None else future.result(), error)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)

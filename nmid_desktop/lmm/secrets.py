@@ -1,0 +1,220 @@
+"""The API key: from the environment, the OS keyring, or (last resort) a private file.
+
+The key is a secret. It is never written to the settings file, the library, the
+cache, an export or a log line, and :func:`redact` takes it (and anything that
+looks like a bearer token) out of every error text before a user sees it.
+
+Where it is looked up, first hit wins:
+
+1. ``OPENAI_API_KEY`` in the environment (the standard variable of every OpenAI client);
+2. the OS keyring (Windows Credential Manager, macOS Keychain, Secret Service on
+   Linux) through the ``keyring`` package;
+3. a file ``api-key`` in the config folder, readable only by the user (mode 0600).
+   It is used only where no keyring backend exists (a headless Linux box), and
+   storing the key there logs a warning, because a file is weaker than a keyring.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
+
+from nmid_desktop.core.errors import ConfigError
+from nmid_desktop.core.paths import config_dir
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "OPENAI_API_KEY"
+KEYRING_SERVICE = "nmid-desktop"
+KEYRING_USER = "openai-api-key"
+KEY_FILE = "api-key"
+
+# Shorter "keys" are placeholders local servers accept ("ollama", "x"); redacting them
+# would mangle ordinary words in messages and protect nothing.
+_MIN_REDACT_LEN = 6
+# Anything that looks like a bearer credential, whoever's key it is.
+_TOKEN_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[^\s'\",}]+"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)(api[-_ ]?key[\"']?\s*[:=]\s*[\"']?)[^\s'\",}]+"),
+)
+REDACTED = "[redacted]"
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Remove secrets, bearer tokens and ``sk-`` keys from a text meant for people.
+
+    Args:
+        text: Any message, e.g. an HTTP error body.
+        *secrets: Exact strings to remove (the key in use); None and short values are ignored.
+
+    Returns:
+        The text with every secret replaced by ``[redacted]``.
+    """
+    out = str(text)
+    for secret in secrets:
+        if secret and len(secret) >= _MIN_REDACT_LEN:
+            out = out.replace(secret, REDACTED)
+    for pattern in _TOKEN_PATTERNS:
+        if pattern.groups:
+            out = pattern.sub(lambda m: m.group(1) + REDACTED, out)
+        else:
+            out = pattern.sub(REDACTED, out)
+    return out
+
+
+def key_file_path() -> Path:
+    """Where the fallback key file lives (it may not exist)."""
+    return config_dir() / KEY_FILE
+
+
+def _keyring_usable() -> bool:
+    """True when a real keyring backend is installed (not keyring's 'fail' or 'null' one)."""
+    try:
+        import keyring
+        from keyring.backends import fail
+
+        backend = keyring.get_keyring()
+    except Exception:  # noqa: BLE001 - a broken keyring install must not stop the app
+        return False
+    if isinstance(backend, fail.Keyring):
+        return False
+    try:
+        from keyring.backends import null
+
+        if isinstance(backend, null.Keyring):
+            return False
+    except ImportError:  # pragma: no cover - old keyring without the null backend
+        pass
+    return getattr(backend, "priority", 1) > 0
+
+
+def _read_key_file(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    if os.name == "posix":
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            # Refuse a key others can read: the user should know, and fix the mode.
+            raise ConfigError(
+                f"{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` or store the key again"
+            )
+    key = path.read_text(encoding="utf-8").strip()
+    return key or None
+
+
+def get_api_key() -> str | None:
+    """The API key from the environment, the keyring or the key file; None when there is none."""
+    key = os.environ.get(ENV_VAR, "").strip()
+    if key:
+        return key
+    if _keyring_usable():
+        import keyring
+
+        try:
+            key = keyring.get_password(KEYRING_SERVICE, KEYRING_USER) or ""
+        except Exception as exc:  # noqa: BLE001 - e.g. a locked Secret Service
+            log.warning("cannot read the OS keyring (%s); trying the key file", type(exc).__name__)
+            key = ""
+        if key.strip():
+            return key.strip()
+    return _read_key_file(key_file_path())
+
+
+def key_source() -> str:
+    """Where the key would come from: ``environment``, ``keyring``, ``file`` or ``none`` (never the key)."""
+    if os.environ.get(ENV_VAR, "").strip():
+        return "environment"
+    if _keyring_usable():
+        import keyring
+
+        try:
+            if (keyring.get_password(KEYRING_SERVICE, KEYRING_USER) or "").strip():
+                return "keyring"
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        if _read_key_file(key_file_path()):
+            return "file"
+    except ConfigError:
+        return "file"
+    return "none"
+
+
+def _write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` so that only the user can read it, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".api-key-")
+    try:
+        # mkstemp creates the file 0600 on POSIX already; chmod again in case of odd umasks.
+        if os.name == "posix":
+            os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def store_api_key(key: str) -> str:
+    """Save the key in the OS keyring, or in a private file where no keyring exists.
+
+    Args:
+        key: The API key.
+
+    Returns:
+        ``"keyring"`` or the path of the key file, to tell the user where it went.
+
+    Raises:
+        ConfigError: If the key is empty or contains whitespace.
+    """
+    key = key.strip()
+    if not key or any(ch.isspace() for ch in key):
+        raise ConfigError("an API key must be one word without spaces")
+    if _keyring_usable():
+        import keyring
+
+        try:
+            keyring.set_password(KEYRING_SERVICE, KEYRING_USER, key)
+            return "keyring"
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cannot write to the OS keyring (%s); using a private file instead", type(exc).__name__)
+    path = key_file_path()
+    _write_private_file(path, key + "\n")
+    log.warning(
+        "no OS keyring is available: the API key was saved in %s, readable only by you. "
+        "A keyring (or the OPENAI_API_KEY variable) is safer.",
+        path,
+    )
+    return str(path)
+
+
+def delete_api_key() -> list[str]:
+    """Remove a stored key from the keyring and the key file.
+
+    Returns:
+        Where a key was removed from (``"keyring"`` and/or the file path); the
+        environment variable is the user's to unset.
+    """
+    removed: list[str] = []
+    if _keyring_usable():
+        import keyring
+        from keyring.errors import PasswordDeleteError
+
+        try:
+            keyring.delete_password(KEYRING_SERVICE, KEYRING_USER)
+            removed.append("keyring")
+        except PasswordDeleteError:
+            pass
+    path = key_file_path()
+    if path.exists():
+        path.unlink()
+        removed.append(str(path))
+    return removed
