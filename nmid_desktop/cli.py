@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nmid: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `nmid ... | head` closed the pipe: not an error of ours. Point stdout at devnull so
+        # the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except NmidError as exc:
         print(f"nmid: error: {exc}", file=sys.stderr)
         return 1
