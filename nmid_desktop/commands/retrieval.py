@@ -1,0 +1,278 @@
+"""Retrieval commands: ``nmid index``, ``similar``, ``classify``, ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmid_desktop.commands._common import add_library_arg, drive, open_store
+from nmid_desktop.core.config import load_settings
+from nmid_desktop.core.errors import LabelError, NmidError
+
+_PREDICTOR_CHOICES = ("local", "lmm", "both")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the retrieval commands to ``nmid``."""
+    p = subparsers.add_parser(
+        "index",
+        help="build or refresh the library's nearest-neighbour index; check its recall and speed",
+        description="Embed labelled images that lack embeddings and build the Annoy index of the library's "
+        "encoder (only when missing, stale or drifted). --check compares Annoy's recall@10 with exact search "
+        "and prints query-latency percentiles (embedding excluded).",
+    )
+    add_library_arg(p)
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if the index on disk is usable")
+    p.add_argument("--check", action="store_true", help="print recall@10 against exact search and latency")
+    p.add_argument("--queries", type=int, default=200, metavar="N", help="queries for --check (default 200)")
+    p.add_argument("--encoder", metavar="NAME", default=None, help="encoder (default: the library's)")
+    p.set_defaults(func=_cmd_index)
+
+    p = subparsers.add_parser(
+        "similar",
+        help="show the labelled images most similar to an image file",
+        description="Print the top-K demonstrations for an image: library id, label, cosine similarity, "
+        "who set the label, and the file.",
+    )
+    add_library_arg(p)
+    p.add_argument("image", type=Path, metavar="IMG", help="an image file")
+    p.add_argument("-k", type=int, default=None, help="how many (default: settings' k)")
+    p.add_argument("--strategy", choices=("similarity", "random"), default=None, help="default: settings' strategy")
+    p.add_argument("--seed", type=int, default=None, help="seed for --strategy random")
+    p.add_argument("--encoder", metavar="NAME", default=None, help="encoder (default: the library's)")
+    p.set_defaults(func=_cmd_similar)
+
+    p = subparsers.add_parser(
+        "classify",
+        help="classify image files with the local predictor and/or the multimodal model",
+        description="Print each image's ranking (top 5 with probabilities). The local predictor works offline; "
+        "'lmm' and 'both' ask the configured OpenAI-compatible endpoint with K retrieved demonstrations.",
+    )
+    add_library_arg(p)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMG", help="image files")
+    p.add_argument("--predictor", choices=_PREDICTOR_CHOICES, default=None, help="default: settings' predictor")
+    p.add_argument("--local", choices=("knn", "logreg"), default=None, help="local predictor (default: settings')")
+    p.add_argument("-k", type=int, default=None, help="demonstrations (default: settings' k)")
+    p.add_argument("--save", action="store_true",
+                   help="store the predictions (files not yet in the library are imported, unlabelled)")
+    p.add_argument("--dry-run", action="store_true", help="lmm: print the cost estimate and send nothing")
+    p.add_argument("--encoder", metavar="NAME", default=None, help="encoder (default: the library's)")
+    p.set_defaults(func=_cmd_classify)
+
+    from nmid_desktop.evaluation.runner import DEFAULT_KS, PREDICTORS, SPLITS, load_predictor_plugins
+
+    load_predictor_plugins()
+    p = subparsers.add_parser(
+        "evaluate",
+        help="measure top-k accuracy of encoders x predictors x strategies x K on the library's labels",
+        description="Ablations in one run on the library's accepted labels: every encoder x predictor x "
+        "demonstration strategy x K. Test images come from the paper's hard split (the hardest 10%% of each "
+        "class by pixel-space clustering), a stratified k-fold, or the stored split; demonstrations come from "
+        "the training part only. Embeddings are cached in the library, so a second run is fast.",
+    )
+    add_library_arg(p)
+    p.add_argument("--encoder", nargs="+", metavar="NAME", default=None,
+                   help="encoders (default: the library's); NAME+flip, NAME+flips or NAME+d4 average the "
+                   "embedding over 2, 4 or 8 flipped/rotated views")
+    p.add_argument("--predictor", nargs="+", metavar="NAME", default=["knn", "logreg"],
+                   help=f"predictors: {', '.join(PREDICTORS)} (default: knn logreg)")
+    p.add_argument("--strategy", nargs="+", choices=("similarity", "random"), default=["similarity", "random"])
+    p.add_argument("-k", nargs="+", type=int, default=list(DEFAULT_KS), metavar="K", help="default: 1 3 5 10")
+    p.add_argument("--split", choices=SPLITS, default="hard", help="test split (default: hard)")
+    p.add_argument("--folds", type=int, default=5, help="folds for --split kfold (default 5)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="hard split: test share per class (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic", action="store_true", help="add accepted synthetic images to the training parts")
+    p.add_argument("--save-split", action="store_true", help="store the hard split in the library")
+    p.add_argument("--json", type=Path, metavar="PATH", default=None, help="write every metric as JSON")
+    p.add_argument("--figure", type=Path, metavar="PATH", default=None, help="write a PNG figure")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _classifier(store: Any, args: argparse.Namespace) -> Any:
+    from nmid_desktop.predict.service import Classifier
+
+    return Classifier(store, load_settings(), encoder=getattr(args, "encoder", None))
+
+
+def _check_files(paths: list[Path]) -> None:
+    for path in paths:
+        if not path.is_file():
+            raise NmidError(f"{path} is not a file")
+
+
+# -- nmid index ------------------------------------------------------------------------
+def _cmd_index(args: argparse.Namespace) -> int:
+    from nmid_desktop.index.annoy_index import check_index
+
+    with open_store(args, create=False) as store:
+        clf = _classifier(store, args)
+        started = time.perf_counter()
+        drive(clf.rebuild_index() if args.rebuild else clf.prepare())
+        if clf.needs_rebuild:
+            drive(clf.rebuild_index())
+        elapsed = time.perf_counter() - started
+        searcher = clf.searcher
+        index = searcher.index if searcher is not None else None
+        if index is None:
+            print(f"library {store.root}: no labelled images to index")
+            return 0
+        meta = index.meta
+        print(f"index: {index.path}")
+        print(f"encoder: {meta.encoder_key} ({meta.dim}-d); {len(index)} images, {meta.n_trees} trees, "
+              f"built {meta.built_at} (annoy {meta.annoy_version}); {elapsed:.1f} s")
+        print(f"since the build: {len(searcher.buffer)} images in the exact buffer, "
+              f"{searcher.drift - len(searcher.buffer)} no longer labelled")
+        if args.check:
+            ids, vectors = store.get_embeddings(meta.encoder_key, list(index.ids))
+            row = {int(i): n for n, i in enumerate(ids.tolist())}
+            if len(row) != len(index):
+                raise NmidError("some indexed images lost their cached embeddings: run `nmid index --rebuild`")
+            ordered = vectors[[row[int(i)] for i in index.ids]]
+            result = check_index(index, ordered, n_queries=args.queries, search_k=searcher.search_k)
+            print(result.summary())
+            latencies = []
+            for q in ordered[: min(args.queries, len(ordered))]:
+                t0 = time.perf_counter()
+                clf.similar(q, 10, "similarity")
+                latencies.append(time.perf_counter() - t0)
+            p50, p95, p99 = (np.percentile(latencies, p) * 1e3 for p in (50, 95, 99))
+            print(f"full retrieval (index + buffer + current labels): p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms")
+    return 0
+
+
+# -- nmid similar ----------------------------------------------------------------------
+def _source_text(record: Any) -> str:
+    return record.original_path or str(record.path)
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    from nmid_desktop.core.store.base import ImageFilter
+
+    _check_files([args.image])
+    with open_store(args, create=False) as store:
+        clf = _classifier(store, args)
+        vector = clf.embed_file(args.image)
+        own = clf.library_image(args.image)
+        demos = clf.similar(vector, args.k, args.strategy, exclude_ids=[own.id] if own else (), rng=args.seed)
+        if own is not None:
+            print(f"{args.image} is library image {own.id} ({own.label or 'unlabelled'}); it is left out")
+        if not demos:
+            print("no labelled images in the library yet")
+            return 0
+        records = {r.id: r for r in store.images(ImageFilter(ids=[d.image_id for d in demos]))}
+        width = max(len(d.label) for d in demos)
+        print(f"{'#':>3}  {'id':>6}  {'label':<{width}}  {'cosine':>7}  {'source':<9}  file")
+        for n, d in enumerate(demos, 1):
+            tag = d.source + ("*" if d.synthetic else "")
+            file = _source_text(records[d.image_id]) if d.image_id in records else "?"
+            print(f"{n:>3}  {d.image_id:>6}  {d.label:<{width}}  {d.similarity:7.4f}  {tag:<9}  {file}")
+        if any(d.synthetic for d in demos):
+            print("* synthetic image (accepted)")
+    return 0
+
+
+# -- nmid classify ---------------------------------------------------------------------
+def _ranking_text(items: list[tuple[str, float]], n: int = 5) -> str:
+    return ", ".join(f"{label} {p:.3f}" for label, p in items[:n])
+
+
+def _import_for_saving(store: Any, paths: list[Path]) -> dict[Path, int]:
+    """Library ids of the files, importing (unlabelled) those not yet there."""
+    from nmid_desktop.core.importer import import_files
+
+    settings = load_settings()
+    report = drive(import_files(store, paths, None, max_pixels=settings.max_pixels,
+                                detect_bar=settings.crop_data_bar))
+    ids = {Path(item.path): item.image_id for item in report.items if item.image_id is not None and item.page == 0}
+    for item in report.items:
+        if item.image_id is None:
+            raise NmidError(f"{item.path}: cannot be saved: {item.reason}")
+    return ids
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    predictor = args.predictor or settings.predictor
+    _check_files(args.images)
+    with open_store(args, create=False) as store:
+        clf = _classifier(store, args)
+        ids: dict[Path, int] = _import_for_saving(store, list(args.images)) if args.save else {}
+        if predictor in ("local", "both"):
+            local = args.local or settings.local_predictor
+            for path in args.images:
+                vector = clf.embed_file(path)
+                own = clf.library_image(path)
+                exclude = [own.id] if own is not None and own.label is not None else []
+                ranking = clf.predict_local(vector, local, args.k, exclude_ids=exclude)
+                note = " (itself left out)" if exclude and local == "knn" else ""
+                print(f"{path}: {ranking.top1} ({local}{note}): {_ranking_text(list(ranking.items))}")
+                if args.save:
+                    store.add_prediction(ranking.to_prediction(ids[path], model=clf.encoder.key))
+        if predictor in ("lmm", "both"):
+            _classify_lmm(store, clf, args, settings, ids)
+    return 0
+
+
+def _classify_lmm(store: Any, clf: Any, args: argparse.Namespace, settings: Any, ids: dict[Path, int]) -> None:
+    try:
+        from nmid_desktop.lmm.predict import predict_images
+    except ImportError as exc:
+        raise NmidError(f"the lmm predictor needs an endpoint: its module is unavailable ({exc})") from None
+    if args.k:
+        settings.k = args.k
+    items: list[Any] = [ids.get(path, path) for path in args.images]
+    batch = drive(predict_images(store, clf, items, settings, dry_run=args.dry_run))
+    if batch.dry_run:
+        print(f"estimate: {batch.estimate.summary()} (nothing sent)")
+        return
+    for prediction in batch:
+        label = prediction.label if prediction.valid else f"invalid ({prediction.reason})"
+        print(f"{prediction.item}: {label} (lmm {prediction.model}): {_ranking_text(list(prediction.ranking))}")
+        if prediction.rationale:
+            print(f"  why: {prediction.rationale}")
+    for item, reason in batch.failures:
+        print(f"{item}: failed: {reason}")
+    if batch.stopped == "budget":
+        print("stopped: the budget (lmm.budget_usd) would be exceeded")
+
+
+# -- nmid evaluate ---------------------------------------------------------------------
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nmid_desktop.evaluation import report
+    from nmid_desktop.evaluation.runner import EvalOptions, evaluate
+
+    with open_store(args, create=False) as store:
+        if args.encoder:
+            encoders = tuple(args.encoder)
+        else:
+            from nmid_desktop.ml.encoders import resolve_encoder_name
+
+            encoders = (resolve_encoder_name(store, load_settings()),)
+        options = EvalOptions(
+            encoders=encoders,
+            predictors=tuple(args.predictor),
+            strategies=tuple(args.strategy),
+            ks=tuple(args.k),
+            split=args.split,
+            folds=args.folds,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            include_synthetic=args.synthetic,
+            save_split=args.save_split,
+        )
+        if len(store.labelled(include_pending=False)) < 2:
+            raise LabelError("the library needs accepted labels to evaluate on")
+        result = drive(evaluate(store, options))
+    print(report.format_table(result))
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    print(f"time: {timings}")
+    if args.json:
+        print(f"json: {report.write_json(result, args.json)}")
+    if args.figure:
+        print(f"figure: {report.write_figure(result, args.figure)}")
+    return 0

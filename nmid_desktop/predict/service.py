@@ -1,0 +1,469 @@
+"""The classifier service: the one object the ``nmid`` command and the window use for local work.
+
+It ties together the library's encoder, the embedding cache, the Annoy index with its
+exact buffer, demonstration retrieval and the two local predictors.
+
+Thread-safety (the window runs queries in worker threads while the user labels):
+
+- Every public method may be called from any thread. The store gives each thread its own
+  SQLite connection; the classifier's own state (pool, searcher, probe, file cache) is
+  guarded by a lock, and long work (embedding, fitting, building) runs outside it.
+- :meth:`prepare` and :meth:`rebuild_index` are jobs: drive each from one worker at a time.
+  While a rebuild runs, queries keep using the previous index plus the buffer; the swap to
+  the new index blocks queries for milliseconds only.
+- A query issued before :meth:`prepare` finished waits for it (or runs it).
+- :meth:`notify_labelled` makes freshly labelled images demonstrations for the next query;
+  labels changed by anyone else (another thread, ``nmid label`` in a shell) are picked up
+  at the next query too, because every query compares ``store.labels_version()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmid_desktop.core.config import Settings, load_settings
+from nmid_desktop.core.errors import ConfigError, ImageError, LabelError, LibraryError
+from nmid_desktop.core.jobs import Job, Progress, run_job
+from nmid_desktop.core.store.base import ImageRecord, Store
+from nmid_desktop.index.annoy_index import AnnoyIndex, StaleIndexError, build_index, index_path
+from nmid_desktop.index.searcher import Searcher
+from nmid_desktop.predict.knn import KnnPredictor
+from nmid_desktop.predict.probe import ProbePredictor
+from nmid_desktop.predict.ranking import Ranking
+from nmid_desktop.predict.retrieval import STRATEGIES, Demonstration, DemoPool, similar
+
+log = logging.getLogger(__name__)
+
+LOCAL_PREDICTORS = ("knn", "logreg")
+_FILE_CACHE_SIZE = 256
+# Encoder name suffixes for view-averaged embeddings -> number of views (see ViewAveragedEncoder).
+VIEW_SETS = {"flip": 2, "flips": 4, "d4": 8}
+
+
+class ViewAveragedEncoder:
+    """An encoder whose embedding is the mean over symmetric views of the input, re-normalised.
+
+    Micrographs have no canonical orientation, so averaging the embedding over flips and
+    90-degree rotations (test-time augmentation over the dihedral group D4) removes the
+    orientation a frozen ImageNet network still encodes. ``flip``: identity and horizontal
+    flip (2 views); ``flips``: both flips and their composition (4); ``d4``: the 4 rotations,
+    each also mirrored (8). Costs one forward pass per view. The cache key gets the suffix, so
+    averaged and plain embeddings never mix. (Best moved into ``ml.encoders`` as an option.)
+
+    Args:
+        base: A loaded ``ml.encoders.Encoder``.
+        views: One of :data:`VIEW_SETS`.
+    """
+
+    def __init__(self, base: Any, views: str) -> None:
+        if views not in VIEW_SETS:
+            raise ConfigError(f"view set must be one of {', '.join(VIEW_SETS)}, not {views!r}")
+        self.base = base
+        self.views = views
+        self.name = f"{base.name}+{views}"
+        self.key = f"{base.key}+{views}"
+        self.dim = base.dim
+        self.input_size = base.input_size
+        self.device = base.device
+        self.manifest = base.manifest
+
+    def __repr__(self) -> str:
+        return f"ViewAveragedEncoder({self.key!r}, views={VIEW_SETS[self.views]})"
+
+    def __getattr__(self, name: str) -> Any:
+        # Plain attributes of the base encoder (device hints and the like) pass through; its
+        # methods do not, since one that embeds would silently skip the view averaging.
+        if name == "base":
+            raise AttributeError(name)
+        value = getattr(self.base, name)
+        if callable(value):
+            raise AttributeError(f"ViewAveragedEncoder does not offer the base encoder's {name}()")
+        return value
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """As the base encoder: ``(H, W)`` uint8 -> ``(S, S)`` uint8."""
+        return self.base.preprocess(image)
+
+    def embed_prepared(self, batch: Any) -> np.ndarray:
+        """Shape: ``(B, S, S)`` uint8 -> ``(B, D)`` float32, unit rows, averaged over the views."""
+        import torch
+
+        x = torch.as_tensor(batch)
+        if self.views == "flip":
+            views = [x, x.flip(2)]
+        elif self.views == "flips":
+            views = [x, x.flip(2), x.flip(1), x.flip(1).flip(2)]
+        else:
+            views = [torch.rot90(x, k, dims=(1, 2)) for k in range(4)]
+            views += [v.flip(2) for v in views]
+        total = np.zeros((x.shape[0], self.dim), dtype=np.float64)
+        for view in views:
+            total += self.base.embed_prepared(view.contiguous())
+        norms = np.linalg.norm(total, axis=1, keepdims=True)
+        return (total / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def embed(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Embed grey micrographs of any size: ``(N, D)`` float32, unit rows, in input order."""
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out[start : start + len(chunk)] = self.embed_prepared(np.stack([self.preprocess(im) for im in chunk]))
+        return out
+
+
+def load_encoder_spec(name: str, *, library: Path | None = None, device: str | None = None) -> Any:
+    """Load ``NAME`` or ``NAME+VIEWS`` (e.g. ``efficientnet-lite0-imagenet+d4``).
+
+    Raises:
+        ConfigError: An unknown view set.
+        ManifestError: Unknown encoder or bad weights (from ``ml.encoders.load_encoder``).
+    """
+    from nmid_desktop.ml.encoders import load_encoder
+
+    base, _, views = str(name).partition("+")
+    encoder = load_encoder(base, library=library, device=device)
+    return ViewAveragedEncoder(encoder, views) if views else encoder
+
+
+class Classifier:
+    """Local retrieval and prediction over one library.
+
+    Args:
+        store: The open library.
+        settings: User settings (k, strategy, local predictor, data bar crop); loaded if None.
+        encoder: An ``Encoder`` or an encoder name (``NAME+VIEWS`` for view averaging, see
+            :func:`load_encoder_spec`); default: the library's (store meta ``encoder``), else the
+            settings', else ``DEFAULT_ENCODER``.
+        include_pending: Also use labels nobody has reviewed (e.g. set from a prediction) as
+            demonstrations and probe training data.
+    """
+
+    def __init__(
+        self, store: Store, settings: Settings | None = None, *, encoder: Any = None, include_pending: bool = True
+    ) -> None:
+        self.store = store
+        self.settings = settings or load_settings()
+        self.include_pending = include_pending
+        self._encoder = encoder if encoder is not None and not isinstance(encoder, str) else None
+        self._encoder_name: str | None = encoder if isinstance(encoder, str) else None
+        self._lock = threading.RLock()  # state: pool, searcher, ready flag, file cache
+        self._prepare_lock = threading.RLock()  # one prepare/rebuild at a time
+        self._encoder_lock = threading.Lock()
+        self._searcher: Searcher | None = None
+        self._pool: DemoPool | None = None
+        self._knn = KnnPredictor()
+        self._probe = ProbePredictor()
+        self._files: OrderedDict[tuple[str, int, int, str], np.ndarray] = OrderedDict()
+        self._failed: set[int] = set()  # labelled images whose files could not be embedded
+
+    # -- encoder and embeddings -----------------------------------------------------------
+    @property
+    def encoder(self) -> Any:
+        """The library's encoder, loaded on first use."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                from nmid_desktop.ml.encoders import resolve_encoder_name
+
+                name = self._encoder_name or resolve_encoder_name(self.store, self.settings)
+                self._encoder = load_encoder_spec(name, library=self.store.root)
+            return self._encoder
+
+    def _embed_ids(self, image_ids: Sequence[int]) -> Job[tuple[np.ndarray, np.ndarray]]:
+        """Embeddings of library images, from the cache or computed (and cached)."""
+        from nmid_desktop.ml.embed import embed_images
+
+        if not image_ids:
+            return np.empty(0, np.int64), np.empty((0, self.encoder.dim), np.float32)
+        ids, vectors = yield from embed_images(self.store, self.encoder, list(image_ids))
+        return np.asarray(ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32)
+
+    def embed_image(self, image_id: int) -> np.ndarray:
+        """The embedding of one library image (cached in the library). Shape (D,).
+
+        Raises:
+            LibraryError: The image could not be embedded (e.g. its file is gone).
+        """
+        ids, vectors = run_job(self._embed_ids([int(image_id)]))
+        if len(ids) == 0:
+            raise LibraryError(f"image {image_id} could not be embedded")
+        return vectors[0]
+
+    def library_image(self, path: Path, page: int = 0) -> ImageRecord | None:
+        """The library image with the same content as a file, if any (by sha256)."""
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return self.store.find_image(digest.hexdigest(), page)
+
+    def embed_file(self, path: Path) -> np.ndarray:
+        """The embedding of an image file (first page, data bar cropped as set). Shape (D,).
+
+        Files already in the library reuse its cached embedding; others are embedded and kept
+        in a small in-memory cache keyed by path, size and modification time.
+        """
+        from nmid_desktop.ml.embed import embed_paths
+
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise LibraryError(f"{path}: {exc.strerror or exc}") from exc
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, self.encoder.key)
+        with self._lock:
+            if key in self._files:
+                self._files.move_to_end(key)
+                return self._files[key]
+        record = self.library_image(path)
+        vector = None
+        if record is not None:
+            ids, vectors = self.store.get_embeddings(self.encoder.key, [record.id])
+            vector = vectors[0] if len(ids) else None
+        if vector is None:
+            reports: list[Progress] = []
+            rows = run_job(embed_paths(self.encoder, [path], crop=self.settings.crop_data_bar), reports.append)
+            if np.isnan(rows[0, 0]):  # embed_paths marks an unreadable file with a NaN row
+                failed = (reports[-1].data or {}).get("all_failed") if reports else None
+                raise ImageError(path, failed[0][1] if failed else "could not be embedded")
+            vector = rows[0]
+        vector = np.asarray(vector, dtype=np.float32)
+        with self._lock:
+            self._files[key] = vector
+            while len(self._files) > _FILE_CACHE_SIZE:
+                self._files.popitem(last=False)
+        return vector
+
+    # -- index lifecycle ---------------------------------------------------------------
+    @property
+    def index_file(self) -> Path:
+        """Where this library's index for the current encoder lives."""
+        return index_path(self.store.root, self.encoder.key)
+
+    @property
+    def ready(self) -> bool:
+        """True once :meth:`prepare` has run."""
+        return self._searcher is not None
+
+    def prepare(self, *, rebuild: bool = False) -> Job[None]:
+        """Embed labelled images that lack embeddings and open (or build) the index.
+
+        An index whose sidecar does not fit the library (another encoder, another dimension,
+        a missing or corrupt file) or that drifted past the rebuild threshold is rebuilt.
+
+        Args:
+            rebuild: Rebuild the index even when the one on disk is usable.
+
+        Yields:
+            Progress of embedding and building (cancel points; a cancelled build keeps the old
+            index file).
+        """
+        with self._prepare_lock:
+            encoder = self.encoder
+            pool = DemoPool.from_store(self.store, include_pending=self.include_pending)
+            index: AnnoyIndex | None = None
+            try:
+                if not rebuild:
+                    index = AnnoyIndex.open(self.index_file, encoder_key=encoder.key, dim=encoder.dim)
+            except StaleIndexError as exc:
+                if len(pool):
+                    log.info("index will be rebuilt: %s", exc)
+            searcher = Searcher(index, encoder.dim)
+            searcher.set_allowed(pool.labels)
+            missing = self._missing(searcher, pool)
+            if index is None or searcher.drift + len(missing) > _rebuild_limit(searcher, len(index or ())):
+                if index is not None:
+                    index.close()
+                # Build into the searcher in use, if any: its swap closes the old file under its
+                # lock before the new one replaces it (Windows cannot replace a mapped file).
+                with self._lock:
+                    searcher = self._searcher or Searcher(None, encoder.dim)
+                searcher.set_allowed(pool.labels)
+                if len(pool):
+                    yield from self._build(searcher, pool)
+            else:
+                yield Progress(0, len(missing), "embedding images labelled since the index was built")
+                ids, vectors = yield from self._embed_ids(missing)
+                searcher.add(ids, vectors)
+                self._note_failures(missing, ids)
+            with self._lock:
+                old, self._searcher, self._pool = self._searcher, searcher, pool
+            if old is not None and old is not searcher:
+                old.close()  # waits for queries still running on it
+
+    def _build(self, searcher: Searcher, pool: DemoPool) -> Job[None]:
+        """Embed the pool and build its index into the library; install it into ``searcher``."""
+        ids, vectors = yield from self._embed_ids(sorted(pool.labels))
+        self._note_failures(sorted(pool.labels), ids)
+        if len(ids) == 0:
+            return
+        encoder = self.encoder
+        path = self.index_file
+
+        def install(move: Any) -> None:
+            searcher.replace_index(move, lambda: AnnoyIndex.open(path, encoder_key=encoder.key, dim=encoder.dim))
+
+        yield from build_index(
+            path, ids, vectors, encoder_key=encoder.key, labels_version=pool.version or 0, install=install
+        )
+
+    def rebuild_index(self) -> Job[None]:
+        """Rebuild the index from the current labels (run it in the background).
+
+        Queries keep working during the build; images labelled meanwhile stay in the buffer.
+        """
+        if not self.ready:
+            yield from self.prepare(rebuild=True)
+            return
+        with self._prepare_lock:
+            pool = DemoPool.from_store(self.store, include_pending=self.include_pending)
+            searcher = self._searcher
+            if searcher is None or not len(pool):
+                return
+            yield from self._build(searcher, pool)
+            self._refresh(force=True)
+
+    @property
+    def searcher(self) -> Searcher | None:
+        """The live searcher (index plus buffer), None before :meth:`prepare`."""
+        return self._searcher
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when enough labels changed since the build that a background rebuild is due."""
+        searcher = self._searcher
+        return searcher is not None and searcher.needs_rebuild
+
+    def notify_labelled(self, image_ids: Iterable[int]) -> None:
+        """Make just-labelled (or just-accepted) images demonstrations for the very next query.
+
+        Their embeddings (cached, or computed now) go to the exact buffer at once. Rejected or
+        relabelled images need no call: labels are re-read whenever the labels version moves.
+        """
+        self._ensure_ready()
+        with self._lock:
+            self._failed.difference_update(int(i) for i in image_ids)  # give them another chance
+        self._refresh(force=True)
+
+    def _missing(self, searcher: Searcher, pool: DemoPool) -> list[int]:
+        """Pool images whose vectors the searcher lacks (and that did not already fail to embed)."""
+        ids = pool.ids
+        missing = ids[~searcher.known(ids)].tolist()
+        with self._lock:
+            return [i for i in missing if i not in self._failed]
+
+    def _note_failures(self, wanted: Sequence[int], got: np.ndarray) -> None:
+        failed = set(wanted) - set(np.asarray(got).tolist())
+        if failed:
+            log.warning("%d labelled images could not be embedded (first: id %d)", len(failed), min(failed))
+            with self._lock:
+                self._failed.update(failed)
+
+    # -- queries -----------------------------------------------------------------------
+    def _ensure_ready(self) -> None:
+        if self._searcher is None:
+            with self._prepare_lock:
+                if self._searcher is None:
+                    run_job(self.prepare())
+
+    def _refresh(self, *, force: bool = False) -> tuple[Searcher, DemoPool]:
+        """Re-read the labels when their version moved and buffer newly labelled images."""
+        with self._lock:
+            searcher, pool = self._searcher, self._pool
+        if searcher is None or pool is None:
+            raise LibraryError("the classifier is not prepared")
+        if force or pool.version != self.store.labels_version():
+            pool = DemoPool.from_store(self.store, include_pending=self.include_pending)
+            searcher.set_allowed(pool.labels)
+            missing = self._missing(searcher, pool)
+            if missing:
+                ids, vectors = run_job(self._embed_ids(missing))  # outside the lock: embedding is slow
+                searcher.add(ids, vectors)
+                self._note_failures(missing, ids)
+            with self._lock:
+                if self._searcher is searcher:
+                    self._pool = pool
+        return searcher, pool
+
+    def similar(
+        self,
+        vector: np.ndarray,
+        k: int | None = None,
+        strategy: str | None = None,
+        exclude_ids: Iterable[int] = (),
+        *,
+        rng: np.random.Generator | int | None = None,
+    ) -> list[Demonstration]:
+        """The demonstrations for a query embedding.
+
+        Args:
+            vector: Shape (D,), from :meth:`embed_file` or :meth:`embed_image`.
+            k: How many (default: settings' k).
+            strategy: ``similarity`` or ``random`` (default: settings' strategy).
+            exclude_ids: Never return these (the query image itself when it is in the library).
+            rng: Seed or generator for ``random``.
+        """
+        k = int(k or self.settings.k)
+        strategy = strategy or self.settings.strategy
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+        self._ensure_ready()
+        searcher, pool = self._refresh()
+        return similar(vector, k, strategy, searcher=searcher, pool=pool, exclude_ids=exclude_ids, rng=rng)
+
+    def predict_local(
+        self, vector: np.ndarray, predictor: str | None = None, k: int | None = None, exclude_ids: Iterable[int] = ()
+    ) -> Ranking:
+        """A full ranking of the library's classes for a query embedding.
+
+        Args:
+            vector: Shape (D,).
+            predictor: ``knn`` (vote of the K most similar demonstrations) or ``logreg`` (probe on
+                every labelled embedding, refitted when the labels version moves); default: settings.
+            k: Demonstrations for ``knn`` (default: settings' k).
+            exclude_ids: Images the kNN vote must not use (the query itself when in the library).
+                The probe is trained on the whole pool and ignores this.
+
+        Raises:
+            LabelError: The library has no labelled images yet.
+        """
+        predictor = predictor or self.settings.local_predictor
+        if predictor not in LOCAL_PREDICTORS:
+            raise ConfigError(f"local predictor must be one of {', '.join(LOCAL_PREDICTORS)}, not {predictor!r}")
+        self._ensure_ready()
+        searcher, pool = self._refresh()
+        if not len(pool):
+            raise LabelError("the library has no labelled images yet: label or import some first")
+        if predictor == "knn":
+            k = int(k or self.settings.k)
+            demos = similar(vector, k, "similarity", searcher=searcher, pool=pool, exclude_ids=exclude_ids)
+            return self._knn.rank(demos, pool.classes)
+        self._fit_probe(pool)
+        return self._probe.rank(vector)
+
+    def _fit_probe(self, pool: DemoPool) -> None:
+        key = (self.encoder.key, pool.version, self.include_pending)
+
+        def data() -> tuple[np.ndarray, list[str]]:
+            ids, vectors = run_job(self._embed_ids(sorted(pool.labels)))
+            return vectors, [pool.labels[int(i)] for i in ids]
+
+        self._probe.ensure_fitted(key, data)
+
+    @property
+    def classes(self) -> list[str]:
+        """Classes present among the demonstration pool's labels."""
+        self._ensure_ready()
+        return self._refresh()[1].classes
+
+
+def _rebuild_limit(searcher: Searcher, size: int) -> float:
+    """Drift allowed when opening an index before a rebuild is preferred (as ``needs_rebuild``)."""
+    return min(searcher.rebuild_items, searcher.rebuild_fraction * size)
