@@ -266,9 +266,9 @@ Embedder = Callable[[Store, Any, Sequence[int]], Job[tuple[np.ndarray, np.ndarra
 
 def _default_loader(store: Store) -> EncoderLoader:
     def load(name: str) -> Any:
-        from nmid_desktop.predict.service import load_encoder_spec
+        from nmid_desktop.ml.encoders import load_encoder
 
-        return load_encoder_spec(name, library=store.root)
+        return load_encoder(name, library=store.root)
 
     return load
 

@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from nmid_desktop.core.config import Settings
     from nmid_desktop.core.store.base import Store
 
-# Frozen ImageNet features are the default: they need no training, and frozen features
-# of ImageNet CNNs are the strongest published baseline on small micrograph sets
-# (mission.md). H5's `nmid evaluate` compares it with the SimCLR-trained ViT.
-DEFAULT_ENCODER = "efficientnet-lite0-imagenet"
+# Frozen ImageNet features averaged over the 8 flips/rotations are the default: they need
+# no training, frozen ImageNet CNN features are the strongest published baseline on small
+# micrograph sets, and micrographs have no canonical orientation. `nmid evaluate` on NEU's
+# hard split: plain 0.978 (logreg) / 0.944 (kNN), +d4 0.983 / 0.994, SimCLR ViT 0.64.
+DEFAULT_ENCODER = "efficientnet-lite0-imagenet+d4"
 LIBRARY_ENCODER_META = "encoder"
 
 
@@ -229,7 +230,9 @@ def load_encoder(name: str | Path, *, library: Path | None = None, device: str |
     """Load an encoder by name (or manifest path), verifying its weights' sha256.
 
     Args:
-        name: Encoder name, e.g. ``efficientnet-lite0-imagenet``, or a manifest ``.json`` path.
+        name: Encoder name, e.g. ``efficientnet-lite0-imagenet``, or a manifest ``.json`` path;
+            ``NAME+VIEWS`` (``+flip``, ``+flips``, ``+d4``) averages the embedding over flipped
+            and rotated views (:mod:`nmid_desktop.ml.views`).
         library: A library folder; its ``models/`` (written by ``nmid train``) is searched
             first, so a library's trained ``micrograph-vit`` shadows the untrained one.
         device: ``None``/``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
@@ -238,10 +241,14 @@ def load_encoder(name: str | Path, *, library: Path | None = None, device: str |
         ManifestError: Unknown name, untrained architecture, missing or corrupt weights.
         ConfigError: A device this machine lacks.
     """
+    from nmid_desktop.ml.views import ViewAveragedEncoder, split_views
+
+    base, views = split_views(str(name)) if not str(name).endswith(".json") else (name, "")
     extra = [library_models_dir(library)] if library is not None else []
-    manifest = load_manifest(name, extra)
+    manifest = load_manifest(base, extra)
     resolved = pick_device(device)
-    return Encoder(manifest, build_network(manifest), resolved)
+    encoder = Encoder(manifest, build_network(manifest), resolved)
+    return ViewAveragedEncoder(encoder, views) if views else encoder  # type: ignore[return-value]
 
 
 def resolve_encoder_name(store: Store | None = None, settings: Settings | None = None) -> str:
@@ -262,5 +269,7 @@ def resolve_encoder_name(store: Store | None = None, settings: Settings | None =
 
 def set_library_encoder(store: Store, name: str) -> None:
     """Make ``name`` the library's encoder (checked to exist, in the library or the repository)."""
-    load_manifest(name, [library_models_dir(store.root)])
+    from nmid_desktop.ml.views import split_views
+
+    load_manifest(split_views(name)[0], [library_models_dir(store.root)])
     store.set_meta(LIBRARY_ENCODER_META, name)

@@ -44,95 +44,6 @@ log = logging.getLogger(__name__)
 
 LOCAL_PREDICTORS = ("knn", "logreg")
 _FILE_CACHE_SIZE = 256
-# Encoder name suffixes for view-averaged embeddings -> number of views (see ViewAveragedEncoder).
-VIEW_SETS = {"flip": 2, "flips": 4, "d4": 8}
-
-
-class ViewAveragedEncoder:
-    """An encoder whose embedding is the mean over symmetric views of the input, re-normalised.
-
-    Micrographs have no canonical orientation, so averaging the embedding over flips and
-    90-degree rotations (test-time augmentation over the dihedral group D4) removes the
-    orientation a frozen ImageNet network still encodes. ``flip``: identity and horizontal
-    flip (2 views); ``flips``: both flips and their composition (4); ``d4``: the 4 rotations,
-    each also mirrored (8). Costs one forward pass per view. The cache key gets the suffix, so
-    averaged and plain embeddings never mix. (Best moved into ``ml.encoders`` as an option.)
-
-    Args:
-        base: A loaded ``ml.encoders.Encoder``.
-        views: One of :data:`VIEW_SETS`.
-    """
-
-    def __init__(self, base: Any, views: str) -> None:
-        if views not in VIEW_SETS:
-            raise ConfigError(f"view set must be one of {', '.join(VIEW_SETS)}, not {views!r}")
-        self.base = base
-        self.views = views
-        self.name = f"{base.name}+{views}"
-        self.key = f"{base.key}+{views}"
-        self.dim = base.dim
-        self.input_size = base.input_size
-        self.device = base.device
-        self.manifest = base.manifest
-
-    def __repr__(self) -> str:
-        return f"ViewAveragedEncoder({self.key!r}, views={VIEW_SETS[self.views]})"
-
-    def __getattr__(self, name: str) -> Any:
-        # Plain attributes of the base encoder (device hints and the like) pass through; its
-        # methods do not, since one that embeds would silently skip the view averaging.
-        if name == "base":
-            raise AttributeError(name)
-        value = getattr(self.base, name)
-        if callable(value):
-            raise AttributeError(f"ViewAveragedEncoder does not offer the base encoder's {name}()")
-        return value
-
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """As the base encoder: ``(H, W)`` uint8 -> ``(S, S)`` uint8."""
-        return self.base.preprocess(image)
-
-    def embed_prepared(self, batch: Any) -> np.ndarray:
-        """Shape: ``(B, S, S)`` uint8 -> ``(B, D)`` float32, unit rows, averaged over the views."""
-        import torch
-
-        x = torch.as_tensor(batch)
-        if self.views == "flip":
-            views = [x, x.flip(2)]
-        elif self.views == "flips":
-            views = [x, x.flip(2), x.flip(1), x.flip(1).flip(2)]
-        else:
-            views = [torch.rot90(x, k, dims=(1, 2)) for k in range(4)]
-            views += [v.flip(2) for v in views]
-        total = np.zeros((x.shape[0], self.dim), dtype=np.float64)
-        for view in views:
-            total += self.base.embed_prepared(view.contiguous())
-        norms = np.linalg.norm(total, axis=1, keepdims=True)
-        return (total / np.maximum(norms, 1e-12)).astype(np.float32)
-
-    def embed(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Embed grey micrographs of any size: ``(N, D)`` float32, unit rows, in input order."""
-        out = np.zeros((len(images), self.dim), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            out[start : start + len(chunk)] = self.embed_prepared(np.stack([self.preprocess(im) for im in chunk]))
-        return out
-
-
-def load_encoder_spec(name: str, *, library: Path | None = None, device: str | None = None) -> Any:
-    """Load ``NAME`` or ``NAME+VIEWS`` (e.g. ``efficientnet-lite0-imagenet+d4``).
-
-    Raises:
-        ConfigError: An unknown view set.
-        ManifestError: Unknown encoder or bad weights (from ``ml.encoders.load_encoder``).
-    """
-    from nmid_desktop.ml.encoders import load_encoder
-
-    base, _, views = str(name).partition("+")
-    encoder = load_encoder(base, library=library, device=device)
-    return ViewAveragedEncoder(encoder, views) if views else encoder
-
-
 class Classifier:
     """Local retrieval and prediction over one library.
 
@@ -140,7 +51,7 @@ class Classifier:
         store: The open library.
         settings: User settings (k, strategy, local predictor, data bar crop); loaded if None.
         encoder: An ``Encoder`` or an encoder name (``NAME+VIEWS`` for view averaging, see
-            :func:`load_encoder_spec`); default: the library's (store meta ``encoder``), else the
+            :func:`nmid_desktop.ml.encoders.load_encoder`); default: the library's (store meta ``encoder``), else the
             settings', else ``DEFAULT_ENCODER``.
         include_pending: Also use labels nobody has reviewed (e.g. set from a prediction) as
             demonstrations and probe training data.
@@ -170,10 +81,10 @@ class Classifier:
         """The library's encoder, loaded on first use."""
         with self._encoder_lock:
             if self._encoder is None:
-                from nmid_desktop.ml.encoders import resolve_encoder_name
+                from nmid_desktop.ml.encoders import load_encoder, resolve_encoder_name
 
                 name = self._encoder_name or resolve_encoder_name(self.store, self.settings)
-                self._encoder = load_encoder_spec(name, library=self.store.root)
+                self._encoder = load_encoder(name, library=self.store.root)
             return self._encoder
 
     def _embed_ids(self, image_ids: Sequence[int]) -> Job[tuple[np.ndarray, np.ndarray]]:

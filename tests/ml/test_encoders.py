@@ -106,3 +106,17 @@ def test_library_encoder_choice(tmp_path: Path) -> None:
             set_library_encoder(store, "nonexistent")
     finally:
         store.close()
+
+
+def test_view_suffix_loads_a_view_averaged_encoder_with_its_own_cache_key() -> None:
+    import pytest as _pytest
+
+    from nmid_desktop.core.errors import ConfigError
+    from nmid_desktop.ml.encoders import load_encoder
+    from nmid_desktop.ml.views import ViewAveragedEncoder
+
+    encoder = load_encoder(DEFAULT_ENCODER, device="cpu")
+    assert isinstance(encoder, ViewAveragedEncoder)
+    assert encoder.key.endswith("+d4") and encoder.key != encoder.base.key
+    with _pytest.raises(ConfigError, match="view set"):
+        load_encoder("efficientnet-lite0-imagenet+spin", device="cpu")

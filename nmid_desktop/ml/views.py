@@ -1,0 +1,97 @@
+"""View-averaged embeddings: the mean embedding over flips and 90-degree rotations.
+
+Micrographs have no canonical orientation (the stage and scan rotation are arbitrary),
+yet a frozen ImageNet network still encodes orientation. Averaging its embedding over
+the dihedral group D4 (test-time augmentation) removes that. On NEU's hard split this
+took the frozen EfficientNet-Lite0 from 0.94 to 0.99 top-1 with kNN (``nmid evaluate``),
+at one forward pass per view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nmid_desktop.core.errors import ConfigError
+
+# Encoder name suffix -> number of views.
+VIEW_SETS = {"flip": 2, "flips": 4, "d4": 8}
+
+
+class ViewAveragedEncoder:
+    """An encoder whose embedding is the mean over symmetric views of the input, re-normalised.
+
+    ``flip``: identity and horizontal flip (2 views); ``flips``: both flips and their
+    composition (4); ``d4``: the 4 rotations, each also mirrored (8). The cache key gets the
+    suffix, so averaged and plain embeddings never mix.
+
+    Args:
+        base: A loaded :class:`nmid_desktop.ml.encoders.Encoder`.
+        views: One of :data:`VIEW_SETS`.
+    """
+
+    def __init__(self, base: Any, views: str) -> None:
+        if views not in VIEW_SETS:
+            raise ConfigError(f"view set must be one of {', '.join(VIEW_SETS)}, not {views!r}")
+        self.base = base
+        self.views = views
+        self.name = f"{base.name}+{views}"
+        self.key = f"{base.key}+{views}"
+        self.dim = base.dim
+        self.input_size = base.input_size
+        self.device = base.device
+        self.manifest = base.manifest
+
+    def __repr__(self) -> str:
+        return f"ViewAveragedEncoder({self.key!r}, views={VIEW_SETS[self.views]})"
+
+    def __getattr__(self, name: str) -> Any:
+        # Plain attributes of the base encoder (device hints and the like) pass through; its
+        # methods do not, since one that embeds would silently skip the view averaging.
+        if name == "base":
+            raise AttributeError(name)
+        value = getattr(self.base, name)
+        if callable(value):
+            raise AttributeError(f"ViewAveragedEncoder does not offer the base encoder's {name}()")
+        return value
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """As the base encoder: ``(H, W)`` uint8 -> ``(S, S)`` uint8."""
+        return self.base.preprocess(image)
+
+    def embed_prepared(self, batch: Any) -> np.ndarray:
+        """Shape: ``(B, S, S)`` uint8 -> ``(B, D)`` float32, unit rows, averaged over the views."""
+        import torch
+
+        x = torch.as_tensor(batch)
+        if self.views == "flip":
+            views = [x, x.flip(2)]
+        elif self.views == "flips":
+            views = [x, x.flip(2), x.flip(1), x.flip(1).flip(2)]
+        else:
+            views = [torch.rot90(x, k, dims=(1, 2)) for k in range(4)]
+            views += [v.flip(2) for v in views]
+        # One forward pass over all views: fewer, larger batches keep a CPU's cores busy.
+        stacked = torch.cat([v.contiguous() for v in views])
+        embedded = self.base.embed_prepared(stacked).astype(np.float64)
+        total = embedded.reshape(len(views), x.shape[0], self.dim).sum(axis=0)
+        norms = np.linalg.norm(total, axis=1, keepdims=True)
+        return (total / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def embed(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Embed grey micrographs of any size: ``(N, D)`` float32, unit rows, in input order."""
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out[start : start + len(chunk)] = self.embed_prepared(np.stack([self.preprocess(im) for im in chunk]))
+        return out
+
+
+def split_views(name: str) -> tuple[str, str]:
+    """``"NAME+VIEWS"`` -> ``("NAME", "VIEWS")``; a plain name gives ``(name, "")``."""
+    base, _, views = str(name).partition("+")
+    if views and views not in VIEW_SETS:
+        raise ConfigError(f"encoder {name!r}: view set must be one of {', '.join(VIEW_SETS)}, not {views!r}")
+    return base, views
