@@ -8,8 +8,6 @@ goes to QSettings, not here.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from nmid_desktop.core.errors import ConfigError
+from nmid_desktop.core.fileio import atomic_write_text
 from nmid_desktop.core.paths import config_dir
 
 SETTINGS_FILE = "settings.toml"
@@ -115,16 +114,5 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path:
     """Write the settings atomically (a crash never leaves half a file)."""
     settings.validate()
     path = path or settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = tomli_w.dumps(dataclasses.asdict(settings))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".settings-", suffix=".toml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, tomli_w.dumps(dataclasses.asdict(settings)))
     return path

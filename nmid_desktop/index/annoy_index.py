@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nmid_desktop.core.errors import LibraryError, NmidError
+from nmid_desktop.core.fileio import atomic_write_text
 from nmid_desktop.core.jobs import Job, Progress
 
 SIDECAR_FORMAT = 1
@@ -335,7 +336,7 @@ def build_index(
                 os.replace(tmp, path)
             except PermissionError as exc:  # Windows: another process still maps the old index
                 raise LibraryError(f"cannot replace {path}: it is in use ({exc})") from exc
-            _write_atomic(side, meta.to_json())
+            atomic_write_text(side, meta.to_json())
 
         (install or (lambda move: move()))(move_into_place)
         yield Progress(n + 1, n + 1, f"indexed {n} images")
@@ -343,19 +344,6 @@ def build_index(
     finally:
         handle.unload()
         tmp.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

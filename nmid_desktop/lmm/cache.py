@@ -14,12 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from nmid_desktop.core.paths import cache_dir
+from nmid_desktop.core.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +81,8 @@ class ResponseCache:
 
     def put(self, key: str, response: dict[str, Any]) -> None:
         """Store a response atomically."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"format": CACHE_FORMAT, "response": response}, ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self._path(key), text)
 
     def __contains__(self, key: str) -> bool:
         return self._path(key).is_file()

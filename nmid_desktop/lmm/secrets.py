@@ -20,10 +20,10 @@ import logging
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 
 from nmid_desktop.core.errors import ConfigError
+from nmid_desktop.core.fileio import atomic_write_text
 from nmid_desktop.core.paths import config_dir
 
 log = logging.getLogger(__name__)
@@ -147,20 +147,7 @@ def key_source() -> str:
 
 def _write_private_file(path: Path, text: str) -> None:
     """Write ``text`` so that only the user can read it, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".api-key-")
-    try:
-        # mkstemp creates the file 0600 on POSIX already; chmod again in case of odd umasks.
-        if os.name == "posix":
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text, private=True)
 
 
 def store_api_key(key: str) -> str:

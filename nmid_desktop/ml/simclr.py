@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from nmid_desktop.core.errors import NmidError
+from nmid_desktop.core.fileio import atomic_write_text
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.ml.augment import AugmentConfig, two_views
 from nmid_desktop.ml.device import pick_device
@@ -234,17 +235,7 @@ def default_num_workers(device: str) -> int:
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _previous_weights(manifest_path: Path) -> Path | None:
