@@ -1,0 +1,420 @@
+"""The window's engine: the library store and the classifier, owned by one worker thread.
+
+An :class:`Engine` is created by the ``engine`` lane of the window's
+:class:`~nmid_desktop.qt.workers.JobManager`, in that lane's thread, and every
+method below runs there, one call after another. That order is what makes an
+accepted label a demonstration for the very next query: the label write and
+``Classifier.notify_labelled`` finish before the next search starts.
+
+No Qt here: the engine is plain Python and is tested without a display.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmid_desktop.core.config import Settings
+from nmid_desktop.core.errors import LibraryError, NmidError
+from nmid_desktop.core.jobs import CancelToken, Job, Progress
+from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
+from nmid_desktop.qt.tasks import DemoTile, ImagePayload, ThumbnailCache, load_image
+
+log = logging.getLogger(__name__)
+
+DEMO_THUMB_SIZE = 160
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class with its colour and image count."""
+
+    name: str
+    color: str
+    count: int
+
+
+@dataclass(frozen=True)
+class LibraryStatus:
+    """What the status bar and the class chips show.
+
+    Attributes:
+        root: The library folder.
+        n_images: Images in the library.
+        n_labelled: Labelled, non-rejected images.
+        n_pending: Images whose label awaits review.
+        classes: The taxonomy.
+        encoder: Encoder key, "" before the classifier is ready.
+        device: Torch device of the encoder.
+        index_state: A short phrase: "ready", "building", "stale: N new labels" ...
+        api_cost_usd: API spending recorded in this library.
+        labels_version: ``store.labels_version()``.
+    """
+
+    root: Path
+    n_images: int
+    n_labelled: int
+    n_pending: int
+    classes: tuple[ClassInfo, ...]
+    encoder: str = ""
+    device: str = ""
+    index_state: str = ""
+    api_cost_usd: float = 0.0
+    labels_version: int = 0
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in taxonomy order."""
+        return [c.name for c in self.classes]
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Everything the window shows for one image after retrieval and local prediction.
+
+    Attributes:
+        image_id: The query image.
+        record: Its library record (current label included).
+        tiles: The demonstrations, best first.
+        ranking: ``(label, probability)`` best first; empty when nothing is labelled.
+        predictor: ``knn`` or ``logreg``.
+        demo_ids: Ids of the demonstrations (for the model prompt).
+        timings: Seconds per stage (embed, search, predict, thumbnails).
+    """
+
+    image_id: int
+    record: ImageRecord
+    tiles: tuple[DemoTile, ...]
+    ranking: tuple[tuple[str, float], ...]
+    predictor: str
+    demo_ids: tuple[int, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpenResult:
+    """The library images a drop or an Open resolved to, and what the import said."""
+
+    image_ids: tuple[int, ...]
+    summary: str
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelChange:
+    """A label write (or undo/redo) as the window needs to know it."""
+
+    image_id: int
+    record: ImageRecord
+    event: LabelEvent | None
+    action: str  # "set", "undo", "redo", "nothing to undo", "nothing to redo"
+
+
+class Engine:
+    """Store plus classifier for one library.
+
+    Created in the engine lane's thread; label writes and queries run there, in order.
+    :meth:`prepare`, :meth:`rebuild` and :meth:`status` may also run in other worker
+    threads: the classifier is thread-safe and the store gives each thread its own
+    connection, so a rebuild never holds up the next query.
+    """
+
+    def __init__(
+        self,
+        library: Path,
+        settings: Settings,
+        thumbnails: ThumbnailCache | None = None,
+        encoder: Any = None,
+    ) -> None:
+        self.library = Path(library)
+        self.settings = settings
+        self.store: Store = open_library(self.library)
+        self.thumbnails = thumbnails or ThumbnailCache()
+        self._encoder = encoder  # a loaded Encoder to share (tests, benchmarks); None: the library's
+        self._lock = threading.Lock()
+        self._classifier = self._new_classifier()
+
+    def _new_classifier(self) -> Any:
+        from nmid_desktop.predict.service import Classifier
+
+        return Classifier(self.store, self.settings, encoder=self._encoder)
+
+    def close(self) -> None:
+        """Release the store (called in the engine thread when the lane stops)."""
+        self.store.close()
+
+    # -- classifier -------------------------------------------------------------------------
+    @property
+    def classifier(self) -> Any:
+        """The library's :class:`~nmid_desktop.predict.service.Classifier` (thread-safe)."""
+        with self._lock:
+            return self._classifier
+
+    def update_settings(self, settings: Settings) -> None:
+        """New settings; a changed encoder or crop choice means a fresh classifier."""
+        with self._lock:
+            old, self.settings = self.settings, settings
+            if old.encoder != settings.encoder or old.crop_data_bar != settings.crop_data_bar:
+                if old.encoder != settings.encoder:
+                    self._encoder = None  # a shared encoder no longer applies
+                self._classifier = self._new_classifier()
+            else:
+                self._classifier.settings = settings
+
+    def reload_classifier(self) -> None:
+        """Start over with a fresh classifier (e.g. after training a new encoder)."""
+        with self._lock:
+            self._encoder = None
+            self._classifier = self._new_classifier()
+
+    def prepare(self, token: CancelToken) -> Job[LibraryStatus]:
+        """Load the encoder and the index, embedding what is missing; yields progress."""
+        yield Progress(0, 0, "loading the encoder")
+        classifier = self.classifier
+        classifier.encoder  # noqa: B018 - loads the weights here, in the worker, not in a query
+        yield from classifier.prepare()
+        return self.status()
+
+    def rebuild(self, token: CancelToken) -> Job[LibraryStatus]:
+        """Rebuild the index from the current labels; queries keep working meanwhile."""
+        yield from self.classifier.rebuild_index()
+        return self.status()
+
+    # -- library facts -----------------------------------------------------------------------
+    def status(self) -> LibraryStatus:
+        """Counts, taxonomy, encoder and index state, spending."""
+        store = self.store
+        classes = tuple(ClassInfo(c.name, c.color, c.count) for c in store.classes())
+        n_images = store.count_images()
+        n_labelled = store.count_images(ImageFilter(unlabelled=False))
+        n_rejected = store.count_images(ImageFilter(unlabelled=False, review="rejected"))
+        n_pending = store.count_images(ImageFilter(review="pending", unlabelled=False))
+        encoder = device = ""
+        classifier = self.classifier
+        if classifier.ready:
+            encoder = classifier.encoder.key
+            device = classifier.encoder.device
+            index_state = "rebuild due" if classifier.needs_rebuild else "ready"
+        else:
+            index_state = "not loaded"
+        return LibraryStatus(
+            root=self.library,
+            n_images=n_images,
+            n_labelled=n_labelled - n_rejected,
+            n_pending=n_pending,
+            classes=classes,
+            encoder=encoder,
+            device=str(device),
+            index_state=index_state,
+            api_cost_usd=store.total_cost(),
+            labels_version=store.labels_version(),
+        )
+
+    # -- opening images --------------------------------------------------------------------------
+    def open_paths(self, paths: list[Path], token: CancelToken) -> Job[OpenResult]:
+        """Import dropped or opened files (folders too) and return their library ids, in order.
+
+        Files already in the library (same bytes) are found, not copied again.
+        """
+        from nmid_desktop.core.importer import import_files
+
+        report = yield from import_files(
+            self.store,
+            [Path(p) for p in paths],
+            max_pixels=self.settings.max_pixels,
+            detect_bar=self.settings.crop_data_bar,
+            actor="window",
+        )
+        ids: list[int] = []
+        skipped: list[str] = []
+        for item in report.items:
+            if item.image_id is not None and item.image_id not in ids:
+                ids.append(int(item.image_id))
+            elif item.image_id is None:
+                skipped.append(f"{Path(item.path).name}: {item.reason}")
+        return OpenResult(tuple(ids), report.summary(), tuple(skipped))
+
+    def record(self, image_id: int) -> ImageRecord:
+        """One image's record."""
+        return self.store.get_image(image_id)
+
+    # -- the query -----------------------------------------------------------------------------
+    def query(self, image_id: int, token: CancelToken) -> Job[QueryResult]:
+        """Show, embed, retrieve and predict for one library image.
+
+        Yields:
+            First ``Progress(data=ImagePayload)`` so the window shows the image at once,
+            then plain progress between stages (each a cancel point).
+        """
+        settings = self.settings
+        record = self.store.get_image(image_id)
+        payload: ImagePayload = load_image(
+            record.path, record.page, record.crop_box if settings.crop_data_bar else None,
+            image_id=image_id, max_pixels=settings.max_pixels,
+        )
+        yield Progress(1, 4, "embedding", data=payload)
+        classifier = self.classifier
+        if not classifier.ready:
+            # Preparing runs in another worker; the search below waits for it (the classifier's lock).
+            yield Progress(1, 4, "waiting for the encoder and the index")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        vector = classifier.embed_image(image_id)
+        timings["embed"] = time.perf_counter() - start
+        yield Progress(2, 4, "searching")
+        start = time.perf_counter()
+        demos = classifier.similar(vector, k=settings.k, strategy=settings.strategy, exclude_ids=(image_id,))
+        timings["search"] = time.perf_counter() - start
+        start = time.perf_counter()
+        ranking_items: tuple[tuple[str, float], ...] = ()
+        if demos:
+            try:
+                ranking = classifier.predict_local(vector, predictor=settings.local_predictor, exclude_ids=(image_id,))
+            except NmidError as exc:
+                log.info("no local prediction for image %s: %s", image_id, exc)
+                ranking = None
+            if ranking is not None:
+                ranking_items = tuple((str(c), float(p)) for c, p in ranking.items)
+                self.store.add_prediction(ranking.to_prediction(image_id))
+        timings["predict"] = time.perf_counter() - start
+        yield Progress(3, 4, "thumbnails")
+        start = time.perf_counter()
+        tiles = tuple(self._tile(d) for d in demos)
+        timings["thumbnails"] = time.perf_counter() - start
+        return QueryResult(
+            image_id=image_id,
+            record=self.store.get_image(image_id),
+            tiles=tiles,
+            ranking=ranking_items,
+            predictor=settings.local_predictor,
+            demo_ids=tuple(int(d.image_id) for d in demos),
+            timings=timings,
+        )
+
+    def _tile(self, demo: Any) -> DemoTile:
+        record = self.store.get_image(int(demo.image_id))
+        try:
+            thumb: np.ndarray | None = self.thumbnails.get(
+                record.sha256, record.page, DEMO_THUMB_SIZE, record.path,
+                record.crop_box if self.settings.crop_data_bar else None, self.settings.max_pixels,
+            )
+        except NmidError as exc:
+            log.info("no thumbnail for demonstration %s: %s", record.id, exc)
+            thumb = None
+        return DemoTile(
+            image_id=record.id,
+            label=str(demo.label),
+            similarity=float(demo.similarity),
+            source=str(getattr(demo, "source", "") or record.label_source or ""),
+            synthetic=bool(getattr(demo, "synthetic", False) or record.synthetic),
+            name=record.original_name,
+            thumb=thumb,
+        )
+
+    # -- labels ------------------------------------------------------------------------------------
+    def set_label(
+        self,
+        image_id: int,
+        label: str,
+        *,
+        source: str = "expert",
+        model: str | None = None,
+        confidence: float | None = None,
+        actor: str = "",
+    ) -> LabelChange:
+        """Accept or correct a label (always ``accepted``: an expert decided), then tell the classifier."""
+        event = self.store.set_label(
+            image_id, label, source=source, actor=actor, model=model, confidence=confidence, review="accepted"
+        )
+        self._notify([image_id])
+        return LabelChange(image_id, self.store.get_image(image_id), event, "set")
+
+    def set_review(self, image_id: int, review: str, actor: str = "") -> LabelChange:
+        """Accept or reject the current label without changing it."""
+        event = self.store.set_review(image_id, review, actor=actor)
+        self._notify([image_id])
+        return LabelChange(image_id, self.store.get_image(image_id), event, "review")
+
+    def undo(self) -> LabelChange | None:
+        """Undo the latest label change (None when there is none)."""
+        event = self.store.undo()
+        if event is None:
+            return None
+        self._notify([event.image_id])
+        return LabelChange(event.image_id, self.store.get_image(event.image_id), event, "undo")
+
+    def redo(self) -> LabelChange | None:
+        """Redo the latest undone change (None when there is none)."""
+        event = self.store.redo()
+        if event is None:
+            return None
+        self._notify([event.image_id])
+        return LabelChange(event.image_id, self.store.get_image(event.image_id), event, "redo")
+
+    def _notify(self, ids: list[int]) -> None:
+        classifier = self.classifier
+        if classifier.ready:
+            classifier.notify_labelled(ids)
+
+
+def open_engine(
+    library: Path, settings: Settings, thumbnails: ThumbnailCache | None = None, encoder: Any = None
+) -> Engine:
+    """The engine lane's context factory (runs in the lane's thread)."""
+    try:
+        return Engine(library, settings, thumbnails, encoder)
+    except NmidError:
+        raise
+    except OSError as exc:
+        raise LibraryError(f"cannot open the library {library}: {exc}") from exc
+
+
+class EngineRef:
+    """The engine made in the lane's thread, handed to jobs in other threads."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.engine: Engine | None = None
+        self.error: BaseException | None = None
+
+    def set(self, engine: Engine) -> None:
+        """The lane made the engine."""
+        self.engine = engine
+        self._event.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """The lane could not make the engine."""
+        self.error = exc
+        self._event.set()
+
+    def wait(self, token: CancelToken) -> Engine:
+        """The engine, once the lane has made it (cancellable; raises the lane's error)."""
+        while not self._event.wait(0.05):
+            token.raise_if_cancelled()
+        if self.engine is None:
+            raise self.error if isinstance(self.error, Exception) else RuntimeError("the library is not open")
+        return self.engine
+
+
+def build_demo(engine: Engine, token: CancelToken) -> Job[str | None]:
+    """Fill an empty library with the demo images (a job on the engine lane); returns the import summary."""
+    import tempfile
+
+    from nmid_desktop.core.demo import generate_demo
+    from nmid_desktop.core.importer import import_folder
+
+    if engine.store.count_images() > 0:
+        return None
+    with tempfile.TemporaryDirectory(prefix="nmid-demo-") as tmp:
+        yield from generate_demo(Path(tmp))
+        report = yield from import_folder(
+            engine.store, Path(tmp), layout="imagefolder", max_pixels=engine.settings.max_pixels,
+            detect_bar=engine.settings.crop_data_bar, actor="demo",
+        )
+    return report.summary()

@@ -1,0 +1,301 @@
+"""The prediction card: local ranking, the model's answer, their agreement, and the label decision."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import QRectF, QSize, QStringListModel, Qt, Signal
+from PySide6.QtGui import QColor, QPainter
+from PySide6.QtWidgets import (
+    QCompleter,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from nmid_desktop.qt.imaging import SOURCE_NAMES, class_color
+from nmid_desktop.qt.tasks import ModelAnswer
+from nmid_desktop.qt.widgets.flow_layout import FlowLayout
+
+SHOWN_CLASSES = 5
+NUMBERED_CLASSES = 9
+
+
+class RankingBars(QWidget):
+    """Horizontal probability bars for the best classes of a ranking."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.items: list[tuple[str, float]] = []
+        self.colors: dict[str, QColor] = {}
+        self.highlight: str | None = None
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def set_items(self, items: Sequence[tuple[str, float]], colors: dict[str, QColor], highlight: str | None = None) -> None:
+        """Show ``(label, probability)`` best first."""
+        self.items = list(items)[:SHOWN_CLASSES]
+        self.colors = colors
+        self.highlight = highlight
+        self.setFixedHeight(max(1, len(self.items)) * 22)
+        self.update()
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(280, max(1, len(self.items)) * 22)
+
+    def paintEvent(self, event) -> None:  # noqa: N802, ANN001
+        painter = QPainter(self)
+        metrics = painter.fontMetrics()
+        name_w = min(140, max((metrics.horizontalAdvance(n) for n, _ in self.items), default=60) + 10)
+        for row, (label, prob) in enumerate(self.items):
+            y = row * 22
+            bold = label == self.highlight
+            font = painter.font()
+            font.setBold(bold)
+            painter.setFont(font)
+            painter.setPen(QColor("#e8eaed"))
+            text = metrics.elidedText(label, Qt.TextElideMode.ElideRight, name_w - 6)
+            painter.drawText(QRectF(0, y, name_w, 20), Qt.AlignmentFlag.AlignVCenter, text)
+            bar = QRectF(name_w, y + 5, max(10.0, self.width() - name_w - 52), 10)
+            painter.fillRect(bar, QColor("#3c4043"))
+            color = self.colors.get(label, QColor("#8ab4f8"))
+            painter.fillRect(QRectF(bar.left(), bar.top(), bar.width() * max(0.0, min(1.0, prob)), bar.height()), color)
+            painter.setPen(QColor("#bdc1c6"))
+            painter.drawText(QRectF(bar.right() + 6, y, 46, 20), Qt.AlignmentFlag.AlignVCenter, f"{prob:.0%}")
+
+
+class PredictionCard(QFrame):
+    """Local ranking, the model's answer and agreement, and the controls to accept or correct.
+
+    Signals carry the user's decision; the window writes it to the library in a worker.
+    """
+
+    accept_requested = Signal()  # take the suggested label
+    label_chosen = Signal(str)  # correct to this label
+    model_requested = Signal()  # ask the model now
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("predictionCard")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(12, 10, 12, 12)
+        layout.setSpacing(6)
+
+        self.local_title = QLabel("LOCAL PREDICTION", self)
+        self.local_title.setObjectName("sectionTitle")
+        layout.addWidget(self.local_title)
+        self.local_summary = QLabel("Open an image to classify it.", self)
+        self.local_summary.setObjectName("headline")
+        self.local_summary.setWordWrap(True)
+        layout.addWidget(self.local_summary)
+        self.local_bars = RankingBars(self)
+        layout.addWidget(self.local_bars)
+
+        model_head = QHBoxLayout()
+        self.model_title = QLabel("MODEL", self)
+        self.model_title.setObjectName("sectionTitle")
+        model_head.addWidget(self.model_title)
+        model_head.addStretch(1)
+        self.agreement = QLabel("", self)
+        self.agreement.setObjectName("pill")
+        model_head.addWidget(self.agreement)
+        self.ask_button = QPushButton("Ask model", self)
+        self.ask_button.setToolTip("Send this image and its demonstrations to the configured model")
+        self.ask_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.ask_button.clicked.connect(self.model_requested)
+        model_head.addWidget(self.ask_button)
+        layout.addLayout(model_head)
+        self.model_summary = QLabel("", self)
+        self.model_summary.setObjectName("headline")
+        self.model_summary.setWordWrap(True)
+        layout.addWidget(self.model_summary)
+        self.rationale = QLabel("", self)
+        self.rationale.setWordWrap(True)
+        self.rationale.setObjectName("rationale")
+        self.rationale.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.rationale)
+
+        line = QFrame(self)
+        line.setFrameShape(QFrame.Shape.HLine)
+        line.setObjectName("separator")
+        layout.addWidget(line)
+
+        self.current = QLabel("", self)
+        self.current.setWordWrap(True)
+        layout.addWidget(self.current)
+        entry = QHBoxLayout()
+        self.class_box = QLineEdit(self)
+        self.class_box.setObjectName("classBox")
+        self.class_box.setPlaceholderText("Type a class (new names are created)…")
+        self.class_box.setClearButtonEnabled(True)
+        self.class_box.setAcceptDrops(False)  # drops are for images, anywhere on the window
+        self._completer_model = QStringListModel(self)
+        completer = QCompleter(self._completer_model, self)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        self.class_box.setCompleter(completer)
+        self.class_box.returnPressed.connect(self._on_class_box_return_pressed)
+        entry.addWidget(self.class_box, 1)
+        self.accept_button = QPushButton("Accept  ⏎", self)
+        self.accept_button.setObjectName("primary")
+        self.accept_button.setToolTip("Accept the suggested label (Enter)")
+        self.accept_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.accept_button.clicked.connect(self.accept_requested)
+        entry.addWidget(self.accept_button)
+        layout.addLayout(entry)
+        self._chips_host = QWidget(self)
+        self._chips = FlowLayout(self._chips_host, spacing=4)
+        layout.addWidget(self._chips_host)
+
+        self.classes: list[str] = []
+        self.colors: dict[str, QColor] = {}
+        self.suggested: str | None = None
+        self.set_model_visible(False)
+        self.set_model(None)
+        self.set_enabled_for_image(False)
+
+    # -- content ------------------------------------------------------------------------------
+    def set_classes(self, classes: Sequence[str], explicit_colors: dict[str, str] | None = None) -> None:
+        """The taxonomy: completion list, colours and the numbered chips (1-9)."""
+        self.classes = list(classes)
+        explicit_colors = explicit_colors or {}
+        self.colors = {c: class_color(c, self.classes, explicit_colors.get(c, "")) for c in self.classes}
+        self._completer_model.setStringList(self.classes)
+        self._chips.clear()
+        for index, name in enumerate(self.classes):
+            prefix = f"{index + 1}  " if index < NUMBERED_CLASSES else ""
+            chip = QPushButton(f"{prefix}{name}", self._chips_host)
+            chip.setObjectName("classChip")
+            color = self.colors[name]
+            chip.setStyleSheet(
+                f"QPushButton#classChip {{ border-left: 4px solid {color.name()}; }}"
+            )
+            chip.setToolTip(f"Label as '{name}'" + (f" (key {index + 1})" if index < NUMBERED_CLASSES else ""))
+            chip.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            chip.clicked.connect(lambda _=False, n=name: self.label_chosen.emit(n))
+            self._chips.addWidget(chip)
+        self._chips_host.updateGeometry()
+
+    def class_for_key(self, number: int) -> str | None:
+        """The class behind number key ``number`` (1-based), if any."""
+        if 1 <= number <= min(NUMBERED_CLASSES, len(self.classes)):
+            return self.classes[number - 1]
+        return None
+
+    def set_enabled_for_image(self, enabled: bool) -> None:
+        """Enable the decision controls only while an image is shown."""
+        self.class_box.setEnabled(enabled)
+        self.accept_button.setEnabled(enabled and self.suggested is not None)
+        self._chips_host.setEnabled(enabled)
+
+    def set_waiting(self, text: str) -> None:
+        """Show that the local prediction is being computed."""
+        self.local_summary.setText(text)
+        self.local_bars.set_items([], self.colors)
+        self.suggested = None
+        self.accept_button.setEnabled(False)
+
+    def set_local(self, items: Sequence[tuple[str, float]], predictor: str, n_demos: int) -> None:
+        """Show the local predictor's ranking; its top class becomes the suggestion."""
+        if not items:
+            self.local_summary.setText("No labelled images yet: choose a class below.")
+            self.local_bars.set_items([], self.colors)
+            self.suggested = None
+        else:
+            top, prob = items[0]
+            how = "kNN vote" if predictor == "knn" else "logistic probe" if predictor == "logreg" else predictor
+            basis = f" over {n_demos} demonstrations" if predictor == "knn" and n_demos else ""
+            self.local_summary.setText(f"<b>{top}</b> &nbsp;{prob:.0%} <span style='color:#9aa0a6'>· {how}{basis}</span>")
+            self.local_bars.set_items(items, self.colors, highlight=top)
+            self.suggested = top
+        self.accept_button.setEnabled(self.class_box.isEnabled() and self.suggested is not None)
+        self._update_agreement()
+
+    def set_model_visible(self, visible: bool, model: str = "") -> None:
+        """Show the model section (only when an endpoint is configured)."""
+        for widget in (self.model_title, self.model_summary, self.rationale, self.agreement, self.ask_button):
+            widget.setVisible(visible)
+        self.model_title.setText(f"MODEL · {model}" if model else "MODEL")
+        if not visible:
+            self._model: ModelAnswer | None = None
+
+    def set_model_waiting(self, text: str = "Asking the model…") -> None:
+        """The model call is under way."""
+        self._model = None
+        self.model_summary.setText(text)
+        self.rationale.setText("")
+        self._update_agreement()
+
+    def set_model_error(self, message: str) -> None:
+        """The model call failed; the local prediction stands."""
+        self._model = None
+        self.model_summary.setText("<span style='color:#f28b82'>Model unavailable</span>")
+        self.rationale.setText(message)
+        self._update_agreement()
+
+    def set_model(self, answer: ModelAnswer | None) -> None:
+        """Show the model's answer (None clears it)."""
+        self._model = answer
+        if answer is None:
+            self.model_summary.setText("<span style='color:#9aa0a6; font-size:9pt'>Not asked. Ask model (Ctrl+M) "
+                                       "for a second opinion from the same demonstrations.</span>")
+            self.rationale.setText("")
+        elif not answer.valid or answer.label is None:
+            self.model_summary.setText("<span style='color:#f28b82'>No valid answer</span>")
+            self.rationale.setText(answer.reason or answer.rationale)
+        else:
+            conf = f" &nbsp;{answer.confidence:.0%}" if answer.confidence is not None else ""
+            cost = " · cached" if answer.cached else (f" · ${answer.cost_usd:.4f}" if answer.cost_usd else "")
+            self.model_summary.setText(f"<b>{answer.label}</b>{conf} <span style='color:#9aa0a6'>{cost}</span>")
+            self.rationale.setText(answer.rationale)
+        self._update_agreement()
+
+    def _update_agreement(self) -> None:
+        answer = getattr(self, "_model", None)
+        if answer is None or not answer.valid or answer.label is None or self.suggested is None:
+            self.agreement.setText("")
+            self.agreement.setProperty("state", "")
+        elif answer.label == self.suggested:
+            self.agreement.setText("✓ agrees with local")
+            self.agreement.setProperty("state", "agree")
+        else:
+            self.agreement.setText("≠ disagrees with local")
+            self.agreement.setProperty("state", "disagree")
+        self.agreement.style().unpolish(self.agreement)
+        self.agreement.style().polish(self.agreement)
+
+    @property
+    def model_answer(self) -> ModelAnswer | None:
+        """The model's answer shown now, if any."""
+        return getattr(self, "_model", None)
+
+    def set_current_label(self, label: str | None, source: str | None, review: str | None) -> None:
+        """The label the image carries in the library now."""
+        if label is None:
+            self.current.setText("<span style='color:#9aa0a6'>Not labelled yet.</span>")
+            return
+        who = SOURCE_NAMES.get(source or "", source or "")
+        color = self.colors.get(label, QColor("#8ab4f8")).name()
+        state = {"accepted": "✓ accepted", "pending": "pending review", "rejected": "rejected"}.get(review or "", review or "")
+        self.current.setText(
+            f"Label: <b style='color:{color}'>{label}</b> <span style='color:#9aa0a6'>· {who} · {state}</span>"
+        )
+
+    def _on_class_box_return_pressed(self) -> None:
+        text = self.class_box.text().strip()
+        if not text:
+            self.accept_requested.emit()
+            return
+        # Prefer an existing class matching case-insensitively (type-ahead finished by Enter).
+        match = next((c for c in self.classes if c.lower() == text.lower()), None)
+        if match is None:
+            candidates = [c for c in self.classes if text.lower() in c.lower()]
+            match = candidates[0] if len(candidates) == 1 else text
+        self.class_box.clear()
+        self.label_chosen.emit(match)

@@ -1,0 +1,162 @@
+"""The status bar: library and size, encoder, device, index state, API spending, and running jobs."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QLabel, QProgressBar, QSizePolicy, QStatusBar, QToolButton, QWidget
+
+from nmid_desktop.core.jobs import Progress
+from nmid_desktop.qt.engine import LibraryStatus
+from nmid_desktop.qt.workers import JobHandle, JobManager
+
+# Background chatter that should not take over the progress indicator.
+QUIET_KINDS = {"thumbnails", "status", "browser-query", "contrast", "query"}
+
+JOB_TITLES = {
+    "open": "Importing",
+    "prepare": "Preparing the classifier",
+    "demo": "Building the demo library",
+    "batch": "Batch",
+    "training": "Training",
+    "rebuild": "Rebuilding the index",
+    "export": "Exporting",
+    "describe": "Describing",
+    "synthesize": "Generating images",
+    "lmm": "Asking the model",
+    "estimate": "Estimating cost",
+    "models": "Listing models",
+}
+
+
+def money(usd: float) -> str:
+    """Dollars with cents, or with four decimals below a dollar (one call often costs a fraction of a cent)."""
+    return f"${usd:,.2f}" if usd >= 1 or usd == 0 else f"${usd:.4f}"
+
+
+class StatusBar(QStatusBar):
+    """Permanent facts on the right, the newest visible job's progress and cancel on the left."""
+
+    def __init__(self, jobs: JobManager, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("statusBar")
+        self.jobs = jobs
+        self.job_label = QLabel("", self)
+        self.progress = QProgressBar(self)
+        self.progress.setFixedWidth(180)
+        self.progress.setTextVisible(False)
+        self.cancel_button = QToolButton(self)
+        self.cancel_button.setText("✕")
+        self.cancel_button.setToolTip("Cancel this job")
+        self.cancel_button.setAutoRaise(True)
+        self.cancel_button.clicked.connect(self._on_cancel_clicked)
+        # Messages get a label of their own: QStatusBar's temporary message would be drawn
+        # over the job indicator.
+        self.message_label = QLabel("", self)
+        self._message_timer = QTimer(self)
+        self._message_timer.setSingleShot(True)
+        self._message_timer.timeout.connect(lambda: self.message_label.setText(""))
+        for label in (self.job_label, self.message_label):
+            # Long texts are elided: they must never widen the window.
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            label.setMinimumWidth(80)
+        self.job_label.setMaximumWidth(440)
+        self.addWidget(self.job_label, 1)
+        self.addWidget(self.progress)
+        self.addWidget(self.cancel_button)
+        self.addWidget(self.message_label, 1)
+        self.library = QLabel("", self)
+        self.encoder = QLabel("", self)
+        self.device = QLabel("", self)
+        self.index = QLabel("", self)
+        self.spend = QLabel("", self)
+        for label, tip in (
+            (self.library, "Library folder, images and labelled images"),
+            (self.encoder, "Encoder that embeds images for retrieval"),
+            (self.device, "Where the encoder runs"),
+            (self.index, "Nearest-neighbour index of the labelled images"),
+            (self.spend, "API spending recorded in this library, and the budget cap"),
+        ):
+            label.setToolTip(tip)
+            self.addPermanentWidget(label)
+        self._visible: list[JobHandle] = []
+        self._set_idle()
+        jobs.job_started.connect(self._on_jobs_job_started)
+        jobs.job_ended.connect(self._on_jobs_job_ended)
+
+    def set_status(self, status: LibraryStatus, budget_usd: float | None = None) -> None:
+        """Show fresh library facts."""
+        self.library.setText(f"{status.root.name or status.root} · {status.n_images:,} images · {status.n_labelled:,} labelled")
+        self.library.setToolTip(f"{status.root}\n{len(status.classes)} classes, {status.n_pending} awaiting review")
+        self.encoder.setText(f"Encoder: {status.encoder.split('@')[0] if status.encoder else '–'}")
+        self.encoder.setToolTip(status.encoder or "not loaded yet")
+        self.device.setText(f"Device: {status.device.upper() if status.device else '–'}")
+        self.index.setText(f"Index: {status.index_state or '–'}")
+        cap = f" of ${budget_usd:.2f}" if budget_usd is not None else ""
+        self.spend.setText(f"API {money(status.api_cost_usd)}{cap}")
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def _on_jobs_job_started(self, handle: JobHandle) -> None:
+        if handle.kind in QUIET_KINDS or handle.kind.startswith("label"):
+            return
+        self._visible.append(handle)
+        handle.progress_changed.connect(lambda p, h=handle: self._on_handle_progress(h, p))
+        self._show(handle, None)
+
+    def _on_jobs_job_ended(self, handle: JobHandle) -> None:
+        if handle in self._visible:
+            self._visible.remove(handle)
+        if self._visible:
+            top = self._visible[-1]
+            self._show(top, top.last_progress)
+        else:
+            self._set_idle()
+            if handle.outcome == "failed" and handle.error:
+                self.show_message(f"{JOB_TITLES.get(handle.kind, handle.kind)} failed: {handle.error}", 15000)
+            elif handle.outcome == "cancelled" and not handle.superseded:
+                self.show_message(f"{JOB_TITLES.get(handle.kind, handle.kind)} cancelled", 6000)
+
+    def _on_handle_progress(self, handle: JobHandle, progress: Progress) -> None:
+        if self._visible and self._visible[-1] is handle:
+            self._show(handle, progress)
+
+    def _show(self, handle: JobHandle, progress: Progress | None) -> None:
+        title = JOB_TITLES.get(handle.kind, handle.kind.capitalize())
+        message = progress.message if progress is not None and progress.message else ""
+        count = ""
+        if progress is not None and progress.total:
+            count = f" {progress.done:,}/{progress.total:,}"
+        text = f"{title}{count}" + (f": {message}" if message else "…")
+        self.job_label.setText(self.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, 420))
+        self.job_label.setToolTip(text)
+        if progress is not None and progress.total > 0:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * (progress.fraction or 0.0)))
+        else:
+            self.progress.setRange(0, 0)  # busy indicator
+        self.job_label.show()
+        self.progress.show()
+        self.cancel_button.show()
+
+    def _set_idle(self) -> None:
+        self.job_label.setText("")
+        self.job_label.hide()
+        self.progress.hide()
+        self.cancel_button.hide()
+
+    def show_message(self, text: str, timeout_ms: int = 8000) -> None:
+        """A line beside the job indicator, cleared after ``timeout_ms`` (0: kept)."""
+        self.message_label.setText(self.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, 600))
+        self.message_label.setToolTip(text)
+        if timeout_ms > 0:
+            self._message_timer.start(timeout_ms)
+        else:
+            self._message_timer.stop()
+
+    def _on_cancel_clicked(self) -> None:
+        if self._visible:
+            self._visible[-1].cancel()
+
+    @property
+    def visible_jobs(self) -> list[str]:
+        """Kinds of the jobs shown, oldest first."""
+        return [h.kind for h in self._visible]

@@ -1,0 +1,101 @@
+"""Batch with cancel, and the GUI thread's responsiveness while batch, index rebuild and training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gui_helpers import TIMEOUT_MS, record
+
+from nmid_desktop.core.demo import generate_demo
+from nmid_desktop.core.jobs import run_job
+from nmid_desktop.qt.batch import BatchRow
+from nmid_desktop.qt.watchdog import StallWatchdog
+
+# The issue's budget is 100 ms; the assertion allows for a loaded 2-core test machine. The
+# measured figure is printed (run pytest with -s to see it).
+STALL_BOUND_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def batch_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("batch")
+    run_job(generate_demo(folder, per_class=4, seed=7, size=128))
+    return folder
+
+
+def test_batch_classifies_a_folder_and_writes_pending_labels(make_window, library: Path, query_images, qtbot, tmp_path):
+    window = make_window(library)
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for label in ("particles", "fibres"):
+        path = query_images[label][0]
+        (folder / path.name).write_bytes(path.read_bytes())
+    window.tabs.setCurrentWidget(window.batch)
+    handle = window.batch.start(folder)
+    with qtbot.waitSignal(handle.finished, timeout=TIMEOUT_MS):
+        pass
+    rows = window.batch.model.rows()
+    assert len(rows) == 2
+    assert {r.local for r in rows} == {"particles", "fibres"}
+    for row in rows:
+        stored = record(library, row.image_id)
+        assert stored.label == row.local and stored.review == "pending" and stored.label_source == "local"
+    assert "2 images classified" in window.batch.message.text()
+
+
+def test_batch_cancel_keeps_finished_results(make_window, library: Path, batch_folder: Path, qtbot):
+    window = make_window(library)
+    rows: list[BatchRow] = []
+    handle = window.batch.start(batch_folder)
+    handle.progress_changed.connect(lambda p: rows.append(p.data) if isinstance(p.data, BatchRow) else None)
+    qtbot.waitUntil(lambda: len(rows) >= 1, timeout=TIMEOUT_MS)
+    window.batch.cancel_button.click()
+    with qtbot.waitSignal(handle.ended, timeout=TIMEOUT_MS):
+        pass
+    assert handle.outcome == "cancelled"
+    assert 1 <= window.batch.model.rowCount() < 20
+    assert "Cancelled" in window.batch.message.text()
+    assert window.batch.start_button.isEnabled() and not window.batch.cancel_button.isEnabled()
+    # Cancelled before the label step: nothing was labelled, the predictions made are stored.
+    assert record(library, rows[0].image_id).label is None
+
+
+def test_gui_thread_stays_responsive_during_batch_rebuild_and_training(
+    make_window, library: Path, batch_folder: Path, qtbot, capsys
+):
+    import time
+
+    window = make_window(library)
+    watchdog = StallWatchdog(interval_ms=10)
+    watchdog.start()
+    started = time.perf_counter()
+    batch = window.batch.start(batch_folder)
+    rebuild = window.rebuild_index()
+    window.training.epochs.setValue(6)
+    window.training.batch.setValue(8)
+    window.training.use_check.setChecked(False)
+    window.training.max_images = 30
+    window.training.device = "cpu"
+    training = window.training.start()
+    handles = [batch, rebuild, training]
+    # Keep the GUI busy the way a user would: switch tabs and repaint while the work goes on.
+    tabs = [window.batch, window.training, window.page, window.browser]
+    step = {"i": 0}
+
+    def poke() -> bool:
+        step["i"] += 1
+        window.tabs.setCurrentWidget(tabs[step["i"] % len(tabs)])
+        return all(not h.running for h in handles)
+
+    qtbot.waitUntil(poke, timeout=240_000)
+    max_stall = watchdog.stop()
+    elapsed = time.perf_counter() - started
+    with capsys.disabled():
+        print(f"\nGUI stall during batch + index rebuild + training ({elapsed:.1f} s): longest {max_stall * 1000:.0f} ms "
+              f"over {watchdog.ticks} ticks; stalls > 100 ms: {[round(s * 1000) for _, s in watchdog.stalls]}")
+    assert watchdog.ticks >= elapsed / 0.05  # the event loop kept turning the whole time
+    assert [h.outcome for h in handles] == ["finished"] * 3, [h.error for h in handles]
+    assert window.training.curve.series["train"], "the loss curve got no epoch"
+    assert window.training.device_label.text() == "CPU"
+    assert max_stall < STALL_BOUND_S
