@@ -46,7 +46,7 @@ def _wait(app, condition, timeout: float, what: str) -> None:  # noqa: ANN001
         _spin(app, 0.01)
 
 
-def build_library(folder: Path, n_images: int, size: int) -> None:
+def build_library(folder: Path, n_images: int, size: int, encoder: str) -> None:
     """Demo images at scale, imported labelled, embedded and indexed (skipped when already there)."""
     from nmid_desktop.core.config import Settings
     from nmid_desktop.core.demo import DEMO_CLASSES, generate_demo
@@ -67,7 +67,7 @@ def build_library(folder: Path, n_images: int, size: int) -> None:
                 report = run_job(import_folder(store, Path(tmp), layout="imagefolder", actor="bench"))
                 print(f"imported: {report.summary()} in {time.perf_counter() - start:.0f} s", flush=True)
         start = time.perf_counter()
-        classifier = Classifier(store, Settings())
+        classifier = Classifier(store, Settings(encoder=encoder))
         last = [0.0]
 
         def report_progress(progress) -> None:  # noqa: ANN001
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drops", type=int, default=12)
     parser.add_argument("--library", type=Path, default=REPO / "bench-out" / "gui-20k")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--encoder", default="", help="encoder of a new library (default: the built-in default)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    build_library(args.library, args.images, args.size)
+    build_library(args.library, args.images, args.size, args.encoder)
 
     from PySide6.QtCore import QPointF, Qt
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     process = psutil.Process()
     app = make_application()
     start = time.perf_counter()
-    window = MainWindow(args.library, Settings())
+    window = MainWindow(args.library, Settings(encoder=args.encoder))
     window.resize(1500, 940)
     window.show()
     _wait(app, lambda: window.ctx.status is not None and bool(window.ctx.status.encoder), 1800, "the classifier")
