@@ -44,10 +44,15 @@ def test_paste_an_image_from_the_clipboard(make_window, library: Path, qtbot):
     mime = QMimeData()
     mime.setImageData(image)
     QGuiApplication.clipboard().setMimeData(mime)
-    window.paste_action.trigger()
-    qtbot.waitUntil(lambda: window.current is not None, timeout=TIMEOUT_MS)
-    assert window.current.record.original_name.startswith("pasted-")
-    assert window.page.viewer.image_size == (100, 80)
+    try:
+        window.paste_action.trigger()
+        qtbot.waitUntil(lambda: window.current is not None, timeout=TIMEOUT_MS)
+        assert window.current.record.original_name.startswith("pasted-")
+        assert window.page.viewer.image_size == (100, 80)
+    finally:
+        # The clipboard now owns a QMimeData made in Python; left there, QtGui's exit-time
+        # cleanup destroys it after the interpreter is gone and the process segfaults.
+        QGuiApplication.clipboard().clear()
 
 
 def test_export_dialog_writes_a_split_dataset(make_window, library: Path, qtbot, tmp_path):
