@@ -14,7 +14,6 @@ the prompt version ``describe-v1/<question set>-vN/<digest>``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store.base import DescriptionRecord, DescriptionRow, Store
-from nmid_desktop.lmm.client import LmmClient, LmmError, require_endpoint, run_batch
-from nmid_desktop.lmm.cost import BudgetGuard, CostEstimate, PriceTable, chat_cost, chat_estimate, check_budget
+from nmid_desktop.lmm.client import LmmClient, require_endpoint
+from nmid_desktop.lmm.cost import CostEstimate, PriceTable, chat_cost, chat_estimate, check_budget
+from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.images import EncodedImage, ImageSource, encode_source, source_size
 from nmid_desktop.lmm.parsing import REASONING, parse_description
 from nmid_desktop.lmm.questions import PromptTemplate, QuestionSet, load_prompt, load_question_set
@@ -311,56 +311,34 @@ def describe_images(
         from nmid_desktop.lmm.catalog import require_model
 
         require_model(client, "lmm.vision_model", lmm.vision_model)
-        guard = BudgetGuard(lmm.budget_usd, spent)
-        fatal: list[LmmError] = []
-        found: dict[int, Description] = {}
 
-        def admit(index: int) -> bool:
-            if fatal:
-                return False
-            if guard.reserve(per_item[index].cost_usd):
-                return True
+        def stop_for_budget() -> None:
             batch.stopped = "budget"
-            return False
 
         def work(source: ImageSource) -> Description:
             encoded = encode_source(source, lmm.image_max_side, max_pixels=settings.max_pixels)
             item = source.image_id if source.image_id is not None else source.path
             return describe_encoded(client, encoded, qs, settings, item=item, prices=prices, token=token)
 
-        done = 0
-        with closing(run_batch(sources, work, max_workers=lmm.max_concurrency, token=token, admit=admit)) as outcomes:
-            for outcome in outcomes:
-                done += 1
-                source = sources[outcome.index]
-                estimate_usd = per_item[outcome.index].cost_usd
-                if outcome.error is not None:
-                    guard.settle(estimate_usd, 0.0)
-                    error = outcome.error
-                    if isinstance(error, LmmError) and error.fatal:
-                        fatal.append(error)
-                    if not isinstance(error, NmidError):
-                        raise error
-                    batch.failures.append((items[outcome.index], str(error)))
-                    yield Progress(done, len(sources), f"failed: {error}")
-                    continue
-                description = outcome.value
-                guard.settle(estimate_usd, description.cost_usd or 0.0)
-                if store is not None:
-                    if not description.cached:
-                        store.record_usage(
-                            kind="describe", model=description.model, tokens_in=description.tokens_in,
-                            tokens_out=description.tokens_out, cost_usd=description.cost_usd or 0.0, images=1,
-                        )
-                    if description.ok and source.image_id is not None:
-                        stored_id = store.add_description(
-                            DescriptionRecord(source.image_id, description.model, description.prompt_version, description.rows)
-                        )
-                        description = _with_id(description, stored_id)
-                found[outcome.index] = description
-                yield Progress(done, len(sources), _progress_text(description), data=description)
-        if fatal:
-            raise fatal[0]
+        def keep(index: int, description: Description) -> tuple[Description, str]:
+            source = sources[index]
+            if store is not None:
+                if not description.cached:
+                    store.record_usage(
+                        kind="describe", model=description.model, tokens_in=description.tokens_in,
+                        tokens_out=description.tokens_out, cost_usd=description.cost_usd or 0.0, images=1,
+                    )
+                if description.ok and source.image_id is not None:
+                    stored_id = store.add_description(
+                        DescriptionRecord(source.image_id, description.model, description.prompt_version, description.rows)
+                    )
+                    description = _with_id(description, stored_id)
+            return description, _progress_text(description)
+
+        found = yield from paid_calls(
+            sources, work, [e.cost_usd for e in per_item], lmm=lmm, spent=spent, token=token,
+            failures=batch.failures, failure_key=lambda i: items[i], on_budget_stop=stop_for_budget, on_result=keep,
+        )
         batch.descriptions = [found[i] for i in sorted(found)]
         return batch
     finally:

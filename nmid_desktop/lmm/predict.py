@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,16 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import LabelError, NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store.base import PredictionRecord, Store
-from nmid_desktop.lmm.client import ChatResult, LmmClient, LmmError, require_endpoint, run_batch
+from nmid_desktop.lmm.client import ChatResult, LmmClient, require_endpoint
 from nmid_desktop.lmm.cost import (
     BudgetExceeded,
-    BudgetGuard,
     CostEstimate,
     PriceTable,
     chat_cost,
     chat_estimate,
     check_budget,
 )
+from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.images import EncodedImage, ImageSource, encode_source, source_size
 from nmid_desktop.lmm.parsing import ParsedPrediction, parse_prediction, ranking_from
 from nmid_desktop.lmm.questions import PromptTemplate, load_prompt
@@ -523,17 +522,9 @@ def predict_images(
         from nmid_desktop.lmm.catalog import require_model
 
         require_model(client, "lmm.vision_model", lmm.vision_model)
-        guard = BudgetGuard(lmm.budget_usd, spent)
-        fatal: list[LmmError] = []
-        found: dict[int, LmmPrediction] = {}
 
-        def admit(index: int) -> bool:
-            if fatal:
-                return False
-            if guard.reserve(per_item[index].cost_usd):
-                return True
+        def stop_for_budget() -> None:
             batch.stopped = "budget"
-            return False
 
         def work(query: _Query) -> LmmPrediction:
             side = lmm.image_max_side
@@ -541,36 +532,23 @@ def predict_images(
             encoded = encode_source(query.source, side, max_pixels=settings.max_pixels)
             return predict_encoded(client, demos, encoded, classes, settings, item=query.item, prices=prices, token=token)
 
-        done = 0
-        with closing(run_batch(queries, work, max_workers=lmm.max_concurrency, token=token, admit=admit)) as outcomes:
-            for outcome in outcomes:
-                done += 1
-                estimate_usd = per_item[outcome.index].cost_usd
-                if outcome.error is not None:
-                    guard.settle(estimate_usd, 0.0)
-                    error = outcome.error
-                    if isinstance(error, LmmError) and error.fatal:
-                        fatal.append(error)
-                    if not isinstance(error, NmidError):
-                        raise error
-                    batch.failures.append((queries[outcome.index].item, str(error)))
-                    yield Progress(done, len(queries), f"failed: {error}")
-                    continue
-                prediction = outcome.value
-                guard.settle(estimate_usd, prediction.cost_usd or 0.0)
-                if not prediction.cached:
-                    store.record_usage(
-                        kind="predict", model=prediction.model, tokens_in=prediction.tokens_in,
-                        tokens_out=prediction.tokens_out, cost_usd=prediction.cost_usd or 0.0,
-                        images=len(prediction.demo_ids) + 1,
-                    )
-                if prediction.image_id is not None:
-                    prediction = replace(prediction, prediction_id=store.add_prediction(prediction.record()))
-                found[outcome.index] = prediction
-                text = prediction.label if prediction.valid else f"invalid ({prediction.reason})"
-                yield Progress(done, len(queries), f"{prediction.item}: {text}", data=prediction)
-        if fatal:
-            raise fatal[0]
+        def keep(_index: int, prediction: LmmPrediction) -> tuple[LmmPrediction, str]:
+            if not prediction.cached:
+                store.record_usage(
+                    kind="predict", model=prediction.model, tokens_in=prediction.tokens_in,
+                    tokens_out=prediction.tokens_out, cost_usd=prediction.cost_usd or 0.0,
+                    images=len(prediction.demo_ids) + 1,
+                )
+            if prediction.image_id is not None:
+                prediction = replace(prediction, prediction_id=store.add_prediction(prediction.record()))
+            text = prediction.label if prediction.valid else f"invalid ({prediction.reason})"
+            return prediction, f"{prediction.item}: {text}"
+
+        found = yield from paid_calls(
+            queries, work, [e.cost_usd for e in per_item], lmm=lmm, spent=spent, token=token,
+            failures=batch.failures, failure_key=lambda i: queries[i].item, on_budget_stop=stop_for_budget,
+            on_result=keep,
+        )
         batch.extend(found[i] for i in sorted(found))
         return batch
     finally:

@@ -1,0 +1,91 @@
+"""The loop every paid batch shares: budget guard, concurrency, failures, fatal errors.
+
+``describe_images`` and ``predict_images`` differ only in what one call does and in
+what is stored from its result; the accounting around the calls is this one job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from typing import Any, TypeVar
+
+from nmid_desktop.core.config import LmmSettings
+from nmid_desktop.core.errors import NmidError
+from nmid_desktop.core.jobs import CancelToken, Job, Progress
+from nmid_desktop.lmm.client import LmmError, run_batch
+from nmid_desktop.lmm.cost import BudgetGuard
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def paid_calls(
+    items: Sequence[T],
+    work: Callable[[T], R],
+    costs: Sequence[float],
+    *,
+    lmm: LmmSettings,
+    spent: float,
+    token: CancelToken | None,
+    failures: list[tuple[Any, str]],
+    failure_key: Callable[[int], Any],
+    on_budget_stop: Callable[[], None],
+    on_result: Callable[[int, R], tuple[R, str]],
+) -> Job[dict[int, R]]:
+    """Run ``work`` over ``items`` concurrently inside the budget; yield progress per finished call.
+
+    Args:
+        items: One entry per paid call.
+        work: The call, run in a worker thread; its result has a ``cost_usd`` attribute.
+        costs: The estimated cost of each call, reserved against the budget before it starts.
+        lmm: Endpoint settings (``budget_usd``, ``max_concurrency``).
+        spent: What the library has spent already.
+        token: Stops new calls when cancelled; finished results are kept.
+        failures: Receives ``(failure_key(index), reason)`` for every failed call.
+        failure_key: Names a failed item for the report.
+        on_budget_stop: Called once the budget refuses the next call.
+        on_result: Called in the job's thread with each successful result (store it here);
+            returns the result to keep and the progress line.
+
+    Returns:
+        Index -> kept result, for the calls that succeeded.
+
+    Raises:
+        LmmError: The first fatal error (bad key, retired model), after the calls in flight ended.
+    """
+    guard = BudgetGuard(lmm.budget_usd, spent)
+    fatal: list[LmmError] = []
+    found: dict[int, R] = {}
+
+    def admit(index: int) -> bool:
+        if fatal:
+            return False
+        if guard.reserve(costs[index]):
+            return True
+        on_budget_stop()
+        return False
+
+    done = 0
+    with closing(run_batch(items, work, max_workers=lmm.max_concurrency, token=token, admit=admit)) as outcomes:
+        for outcome in outcomes:
+            done += 1
+            estimate_usd = costs[outcome.index]
+            if outcome.error is not None:
+                guard.settle(estimate_usd, 0.0)
+                error = outcome.error
+                if isinstance(error, LmmError) and error.fatal:
+                    fatal.append(error)
+                if not isinstance(error, NmidError):
+                    raise error
+                failures.append((failure_key(outcome.index), str(error)))
+                yield Progress(done, len(items), f"failed: {error}")
+                continue
+            value = outcome.value
+            guard.settle(estimate_usd, getattr(value, "cost_usd", None) or 0.0)
+            kept, text = on_result(outcome.index, value)  # type: ignore[arg-type]
+            found[outcome.index] = kept
+            yield Progress(done, len(items), text, data=kept)
+    if fatal:
+        raise fatal[0]
+    return found
