@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QLabel, QProgressBar, QSizePolicy, QStatusBar, QToolButton, QWidget
 
@@ -87,7 +89,9 @@ class StatusBar(QStatusBar):
         """Show fresh library facts."""
         self.library.setText(f"{status.root.name or status.root} · {status.n_images:,} images · {status.n_labelled:,} labelled")
         self.library.setToolTip(f"{status.root}\n{len(status.classes)} classes, {status.n_pending} awaiting review")
-        self.encoder.setText(f"Encoder: {status.encoder.split('@')[0] if status.encoder else '–'}")
+        # The key is NAME@SHA[+VIEWS]; show the name and the view averaging, not the hash.
+        name = re.sub(r"@[^+]*", "", status.encoder) if status.encoder else "–"
+        self.encoder.setText(f"Encoder: {name}")
         self.encoder.setToolTip(status.encoder or "not loaded yet")
         self.device.setText(f"Device: {status.device.upper() if status.device else '–'}")
         self.index.setText(f"Index: {status.index_state or '–'}")
