@@ -29,23 +29,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _spin(app, seconds: float) -> None:  # noqa: ANN001
-    """Run the real event loop for a while (as app.exec() would; processEvents() would starve timers)."""
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop = QEventLoop()
-    QTimer.singleShot(max(1, int(seconds * 1000)), loop.quit)
-    loop.exec()
-
-
-def _wait(app, condition, timeout: float, what: str) -> None:  # noqa: ANN001
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        _spin(app, 0.01)
-
-
 def build_library(folder: Path, n_images: int, size: int, encoder: str) -> None:
     """Demo images at scale, imported labelled, embedded and indexed (skipped when already there)."""
     from nmid_desktop.core.config import Settings
@@ -110,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from nmid_desktop.core.demo import generate_demo
     from nmid_desktop.core.jobs import run_job
     from nmid_desktop.qt.app import make_application
+    from nmid_desktop.qt.event_loop import spin, wait_until
     from nmid_desktop.qt.main_window import MainWindow, mime_for_paths
     from nmid_desktop.qt.watchdog import StallWatchdog
 
@@ -117,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     seed = int(time.time())
     queries = run_job(generate_demo(work / "queries", per_class=-(-args.drops // 5), seed=seed, size=256))
     process = psutil.Process()
-    app = make_application()
+    app = make_application()  # noqa: F841 - the reference keeps the QApplication alive
     start = time.perf_counter()
     window = MainWindow(args.library, Settings(encoder=args.encoder))
     window.resize(1500, 940)
     window.show()
-    _wait(app, lambda: window.ctx.status is not None and bool(window.ctx.status.encoder), 1800, "the classifier")
+    wait_until(lambda: window.ctx.status is not None and bool(window.ctx.status.encoder), 1800, "the classifier")
     print(f"window ready (encoder loaded, index opened) in {time.perf_counter() - start:.1f} s; "
           f"{window.ctx.status.n_images:,} images, torch threads {torch.get_num_threads()}", flush=True)
 
@@ -138,25 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         window.last_drop_latency_s = None
         QApplication.sendEvent(window, QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                                                   Qt.KeyboardModifier.NoModifier))
-        _wait(app, lambda: window.last_drop_latency_s is not None, 300, f"demonstrations for {path.name}")
+        wait_until(lambda: window.last_drop_latency_s is not None, 300, f"demonstrations for {path.name}")
         latencies.append(window.last_drop_latency_s)
         stages.append(dict(window.current.timings))
-        _spin(app, 0.2)
+        spin(0.2)
     drop_stall = watchdog.stop()
     rss_after_drops = process.memory_info().rss
 
     watchdog.start()
     start = time.perf_counter()
     window.tabs.setCurrentWidget(window.browser)  # showing the tab lists the library
-    _wait(app, lambda: window.browser.model.rowCount() >= args.images, 300, "the library rows")
+    wait_until(lambda: window.browser.model.rowCount() >= args.images, 300, "the library rows")
     rows_s = time.perf_counter() - start
     print(f"  rows listed at {rows_s:.2f} s", flush=True)
     bar = window.browser.view.verticalScrollBar()
     for step in range(40):  # scroll through the whole grid in 40 jumps, painting each screen
         bar.setValue(int(bar.maximum() * step / 39))
-        _spin(app, 0.05)
+        spin(0.05)
     print(f"  scrolled at {time.perf_counter() - start:.2f} s", flush=True)
-    _wait(app, lambda: window.browser.model.cached_thumbnails >= 200, 300, "thumbnails")
+    wait_until(lambda: window.browser.model.cached_thumbnails >= 200, 300, "thumbnails")
     browse_stall = watchdog.stop()
     browse_stalls = list(watchdog.stalls)
     rss_after_browse = process.memory_info().rss

@@ -21,27 +21,9 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _spin(app, seconds: float) -> None:  # noqa: ANN001
-    """Run the real event loop for a while (as app.exec() would; processEvents() would starve timers)."""
-    from PySide6.QtCore import QEventLoop, QTimer
-
-    loop = QEventLoop()
-    QTimer.singleShot(max(1, int(seconds * 1000)), loop.quit)
-    loop.exec()
-
-
-def _wait(app, condition, timeout: float, what: str) -> None:  # noqa: ANN001
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
-        _spin(app, 0.05)
 
 
 def _scripted_description() -> str:
@@ -91,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from nmid_desktop.core.jobs import run_job
     from nmid_desktop.core.store import open_library
     from nmid_desktop.qt.app import make_application
+    from nmid_desktop.qt.event_loop import spin, wait_until
     from nmid_desktop.qt.main_window import MainWindow
 
     images = work / "demo"
@@ -118,20 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         prices.parent.mkdir(parents=True, exist_ok=True)
         prices.write_text('[chat."vision-1"]\ninput_per_1m = 0.4\noutput_per_1m = 1.6\n', encoding="utf-8")
 
-    app = make_application()
+    app = make_application()  # noqa: F841 - the reference keeps the QApplication alive
     window = MainWindow(library, settings)
     window.resize(1500, 940)
     window.show()
     args.out.mkdir(parents=True, exist_ok=True)
 
     def shot(name: str) -> None:
-        _spin(app, 0.4)
+        spin(0.4)
         path = args.out / f"{name}.png"
         window.grab().save(str(path), "PNG", 0)  # 0: smallest file (strongest compression)
         print(f"saved {path}")
 
     try:
-        _wait(app, lambda: window.ctx.status is not None and window.ctx.status.encoder, 600, "the classifier")
+        wait_until(lambda: window.ctx.status is not None and window.ctx.status.encoder, 600, "the classifier")
         shot("empty")
 
         # A particles image with a data bar, so the crop overlay shows.
@@ -142,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         with_bar = [p for p in candidates if find_micrograph_box(read_image(p).view8)[3] < 256]
         particles = (with_bar or candidates)[0]
         window.open_paths([particles])
-        _wait(app, lambda: window.current is not None, 300, "the demonstrations")
+        wait_until(lambda: window.current is not None, 300, "the demonstrations")
         shot("classify")
 
         window.page.side_tabs.setCurrentWidget(window.description)
-        _wait(app, lambda: window.description.describe_button.isEnabled(), 60, "the endpoint check")
+        wait_until(lambda: window.description.describe_button.isEnabled(), 60, "the endpoint check")
         window.description.describe()
-        _wait(app, lambda: window.description.table.rowCount() > 0, 300, "the description")
+        wait_until(lambda: window.description.table.rowCount() > 0, 300, "the description")
         shot("description")
         window.page.side_tabs.setCurrentIndex(0)
 
@@ -160,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in others:
             (folder / path.name).write_bytes(path.read_bytes())
         handle = window.batch.start(folder)
-        _wait(app, lambda: not handle.running, 600, "the batch")
+        wait_until(lambda: not handle.running, 600, "the batch")
         window.tabs.setCurrentWidget(window.browser)
         window.browser.refresh()
-        _wait(app, lambda: window.browser.model.rowCount() > 0, 120, "the library rows")
-        _wait(app, lambda: window.browser.model.cached_thumbnails >= min(40, window.browser.model.rowCount()), 120,
+        wait_until(lambda: window.browser.model.rowCount() > 0, 120, "the library rows")
+        wait_until(lambda: window.browser.model.cached_thumbnails >= min(40, window.browser.model.rowCount()), 120,
               "the thumbnails")
         shot("library")
 
@@ -174,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         window.training.batch.setValue(32)
         window.training.use_check.setChecked(False)
         training = window.training.start()
-        _wait(app, lambda: len(window.training.curve.series["train"]) >= 5 or not training.running, 1800, "training epochs")
+        wait_until(lambda: len(window.training.curve.series["train"]) >= 5 or not training.running, 1800, "training epochs")
         shot("training")
         window.training.cancel()
-        _wait(app, lambda: not training.running, 600, "training to stop")
+        wait_until(lambda: not training.running, 600, "training to stop")
     finally:
         window.close()
         if server is not None:
