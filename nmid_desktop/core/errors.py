@@ -38,3 +38,7 @@ class LabelError(NmidError):
 
 class ConfigError(NmidError):
     """A setting is missing or has an invalid value."""
+
+
+class DisplayError(NmidError):
+    """The window cannot open on this system (missing X libraries, no screen)."""
