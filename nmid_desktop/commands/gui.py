@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from nmid_desktop.commands._common import add_library_arg
 
@@ -11,7 +12,7 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     # Imported here so that every other `nmid` command works without a display or Qt.
     from nmid_desktop.qt.app import run_app
 
-    return run_app(args.library, demo=args.demo)
+    return run_app(args.library, demo=args.demo, paths=args.paths)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with the built-in demo images.",
     )
     add_library_arg(p)
+    p.add_argument("paths", nargs="*", type=Path, metavar="FILE",
+                   help="images or folders to open, as a drop onto the window would")
     p.add_argument(
         "--demo",
         action="store_true",

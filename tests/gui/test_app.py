@@ -51,3 +51,27 @@ def test_run_app_shows_the_window_and_returns_when_it_closes(qapp, tmp_path: Pat
     assert run_app(tmp_path / "lib", demo=False) == 0
     assert len(seen) == 1 and seen[0].jobs.thread_count() == 0
     assert (tmp_path / "lib" / "library.sqlite").is_file()
+
+
+def test_nmid_desktop_file_argument_opens_the_file(qtbot, library: Path, query_images, shared_encoder):
+    """`nmid-desktop FILE` (the desktop entry's `Exec=nmid-desktop %F`) shows that file in the window."""
+    from nmid_desktop.qt.app import build_parser, open_window
+
+    path = query_images["porous"][0]
+    args = build_parser().parse_args([str(path), "--library", str(library)])
+    window = open_window(args.library, args.demo, args.paths, encoder=shared_encoder)
+    try:
+        qtbot.waitUntil(lambda: window.current is not None, timeout=60_000)
+        assert window.current.record.original_name == path.name
+        assert len(window.current.tiles) > 0
+        assert window.last_error is None
+    finally:
+        window.close()
+    assert window.jobs.thread_count() == 0
+
+
+def test_nmid_gui_takes_files_too():
+    from nmid_desktop.cli import build_parser
+
+    args = build_parser().parse_args(["gui", "a.tif", "folder", "--demo"])
+    assert [str(p) for p in args.paths] == ["a.tif", "folder"] and args.demo
