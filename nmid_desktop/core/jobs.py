@@ -94,3 +94,29 @@ def run_job(
                 on_progress(progress)
     except StopIteration as stop:
         return stop.value
+
+
+# The window's GUI thread, once the window marks it: heavy work (embedding, index builds and
+# searches, training) refuses to run there, so a slot that does such work fails loudly in the
+# tests instead of freezing a user's window. The CLI marks nothing: it runs on the main thread.
+_gui_thread_ident: int | None = None
+
+
+def mark_gui_thread(active: bool = True) -> None:
+    """Declare the calling thread the GUI thread while a window is open (``active=False`` on close)."""
+    global _gui_thread_ident
+    _gui_thread_ident = threading.get_ident() if active else None
+
+
+def ensure_worker_thread(what: str) -> None:
+    """Raise if called on the GUI thread.
+
+    Args:
+        what: The work, for the message ("embedding", "index search").
+
+    Raises:
+        RuntimeError: On the thread passed to :func:`mark_gui_thread` (a programming error,
+            not a user's: long work belongs in a worker).
+    """
+    if _gui_thread_ident is not None and threading.get_ident() == _gui_thread_ident:
+        raise RuntimeError(f"{what} ran on the GUI thread; long work must run in a worker")

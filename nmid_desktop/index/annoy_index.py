@@ -31,7 +31,7 @@ import numpy as np
 
 from nmid_desktop.core.errors import LibraryError, NmidError
 from nmid_desktop.core.fileio import atomic_write_text
-from nmid_desktop.core.jobs import Job, Progress
+from nmid_desktop.core.jobs import Job, Progress, ensure_worker_thread
 
 SIDECAR_FORMAT = 1
 METRIC = "angular"
@@ -287,6 +287,7 @@ def build_index(
         The sidecar written beside the index. Open it with :meth:`AnnoyIndex.open`; callers that
         still have the old index mapped must close it first on Windows.
     """
+    ensure_worker_thread("index build")
     from annoy import AnnoyIndex as _Annoy
 
     path = Path(path)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 
 import numpy as np
 
+from nmid_desktop.core.jobs import ensure_worker_thread
 from nmid_desktop.index.annoy_index import DEFAULT_SEARCH_K, AnnoyIndex
 from nmid_desktop.index.buffer import ExactBuffer
 
@@ -204,6 +205,7 @@ class Searcher:
         Returns:
             ``(image_ids (m,) int64, cosine (m,) float32)``, ``m <= k``, most similar first.
         """
+        ensure_worker_thread("index search")
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
             raise ValueError(f"query has {query.shape[0]} dimensions, the index {self.dim}")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from nmid_desktop.core.jobs import ensure_worker_thread
 from nmid_desktop.ml.device import pick_device
 from nmid_desktop.ml.manifest import (
     EncoderManifest,
@@ -218,6 +219,7 @@ class Encoder:
         Returns:
             ``(N, D)`` float32, L2-normalised rows, in input order.
         """
+        ensure_worker_thread("embedding")
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]

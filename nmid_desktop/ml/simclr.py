@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.fileio import atomic_write_text
-from nmid_desktop.core.jobs import CancelToken, Job, Progress
+from nmid_desktop.core.jobs import CancelToken, Job, Progress, ensure_worker_thread
 from nmid_desktop.ml.augment import AugmentConfig, two_views
 from nmid_desktop.ml.device import pick_device
 from nmid_desktop.ml.encoders import as_grey_uint8, build_network, normalisation_tensors, normalise_batch
@@ -400,6 +400,7 @@ def train_simclr(
         NmidError: Bad arguments, fewer than 2 readable images, or an unusable encoder.
         Cancelled: When the token is cancelled (nothing is written).
     """
+    ensure_worker_thread("training")
     started = time.monotonic()
     extra_dirs = [Path(library) / "models"] if library is not None else []
     base = load_manifest(encoder_name, extra_dirs)

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QTabWidget,
 
 from nmid_desktop.core.config import Settings
 from nmid_desktop.core.images import SUPPORTED_SUFFIXES
-from nmid_desktop.core.jobs import Progress
+from nmid_desktop.core.jobs import Progress, mark_gui_thread
 from nmid_desktop.qt.context import ENGINE_LANE, AppContext
 from nmid_desktop.qt.engine import (
     Engine,
@@ -87,6 +87,7 @@ class MainWindow(QMainWindow):
         encoder: object = None,
     ) -> None:
         super().__init__()
+        mark_gui_thread()  # from now on embedding, searching or training here raises
         self._shared_encoder = encoder
         self.setObjectName("mainWindow")
         self.setWindowTitle("nmid-desktop")
@@ -732,4 +733,5 @@ class MainWindow(QMainWindow):
         self.browser.shutdown()
         self.status.show_message("Stopping background work…")
         self.jobs.shutdown(timeout_s=SHUTDOWN_WAIT_S)
+        mark_gui_thread(active=False)
         super().closeEvent(event)

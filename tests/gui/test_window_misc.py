@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +77,6 @@ def test_closing_cancels_and_waits_for_running_work(make_window, library: Path, 
     batch = window.batch.start(demo_images)
     qtbot.waitUntil(lambda: training.last_progress is not None, timeout=TIMEOUT_MS)
     assert window.jobs.thread_count() >= 3  # engine lane, browser lane, training, batch...
-    start = time.perf_counter()
     window.close()
-    seconds = time.perf_counter() - start
     assert window.jobs.thread_count() == 0
     assert training.outcome == "cancelled" and batch.outcome in ("cancelled", "finished")
-    assert seconds < 30, seconds
