@@ -7,8 +7,8 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from nmid_desktop.core.config import Settings
-from nmid_desktop.qt.engine import LibraryStatus
-from nmid_desktop.qt.tasks import ThumbnailCache
+from nmid_desktop.workspace.engine import LibraryStatus
+from nmid_desktop.workspace.display import ThumbnailCache
 from nmid_desktop.qt.workers import JobManager
 
 ENGINE_LANE = "engine"  # the lane that owns the store and classifier (see qt/engine.py)

@@ -2,7 +2,7 @@
 
 Everything here is cheap enough for the GUI thread (work on 256-entry tables or
 on thumbnails); whole-image arithmetic on raw data runs in workers
-(:mod:`nmid_desktop.qt.tasks`).
+(:mod:`nmid_desktop.workspace.display`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The window only arranges widgets and starts jobs; every disk, model and network
 operation runs in a worker (:mod:`nmid_desktop.qt.workers`). The ``engine`` lane
-owns the library store and the classifier (:mod:`nmid_desktop.qt.engine`) and runs
+owns the library store and the classifier (:mod:`nmid_desktop.workspace.engine`) and runs
 queries and label writes in the order they were asked for.
 """
 
@@ -31,7 +31,7 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.core.images import SUPPORTED_SUFFIXES
 from nmid_desktop.core.jobs import Progress, mark_gui_thread
 from nmid_desktop.qt.context import ENGINE_LANE, AppContext
-from nmid_desktop.qt.engine import (
+from nmid_desktop.workspace.engine import (
     Engine,
     EngineRef,
     LabelChange,
@@ -41,7 +41,7 @@ from nmid_desktop.qt.engine import (
     build_demo,
     open_engine,
 )
-from nmid_desktop.qt.tasks import ImagePayload, ThumbnailCache, rescale
+from nmid_desktop.workspace.display import ImagePayload, ThumbnailCache, rescale
 from nmid_desktop.qt.workers import JobHandle, JobManager, freeze_heap
 from nmid_desktop.qt.widgets.classify_page import ClassifyPage
 from nmid_desktop.qt.widgets.status_bar import StatusBar
@@ -267,7 +267,7 @@ class MainWindow(QMainWindow):
 
     def check_endpoint(self) -> JobHandle:
         """Find out in a worker whether a model endpoint is configured (the key may sit in a keyring)."""
-        from nmid_desktop.qt.lmm_tasks import endpoint_configured
+        from nmid_desktop.workspace.model_tasks import endpoint_configured
 
         settings = self.ctx.settings
         handle = self.jobs.start("endpoint", lambda token: endpoint_configured(settings))
@@ -614,7 +614,7 @@ class MainWindow(QMainWindow):
         array = data.reshape(height, grey.bytesPerLine())[:, :width].copy()
 
         def factory(eng: Engine, token):  # noqa: ANN001, ANN202
-            from nmid_desktop.qt.tasks import save_pasted
+            from nmid_desktop.workspace.display import save_pasted
 
             return eng.open_paths([save_pasted(array)], token)
 
@@ -632,7 +632,7 @@ class MainWindow(QMainWindow):
 
     def ask_model(self) -> JobHandle | None:
         """Ask the configured vision model about the current image, with its demonstrations (Ctrl+M)."""
-        from nmid_desktop.qt.lmm_tasks import model_predict_job
+        from nmid_desktop.workspace.model_tasks import model_predict_job
 
         result = self.current
         if not self.ctx.endpoint_ok:

@@ -19,7 +19,7 @@ from PySide6.QtCore import QAbstractListModel, QAbstractTableModel, QModelIndex,
 from PySide6.QtGui import QColor, QPixmap
 
 from nmid_desktop.qt.imaging import SOURCE_NAMES, gray_pixmap
-from nmid_desktop.qt.tasks import ThumbnailQueue, ThumbRequest
+from nmid_desktop.workspace.display import ThumbnailQueue, ThumbRequest
 
 ImageIdRole = Qt.ItemDataRole.UserRole + 1
 LabelRole = Qt.ItemDataRole.UserRole + 2

@@ -9,7 +9,7 @@ from gui_helpers import TIMEOUT_MS, record
 
 from nmid_desktop.core.demo import generate_demo
 from nmid_desktop.core.jobs import run_job
-from nmid_desktop.qt.batch import BatchRow
+from nmid_desktop.workspace.batch import BatchRow
 
 
 @pytest.fixture(scope="module")

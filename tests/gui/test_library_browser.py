@@ -10,7 +10,7 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QListView
 
 from nmid_desktop.qt.models import BrowserRow, ImageIdRole, LibraryModel
-from nmid_desktop.qt.tasks import ThumbnailQueue
+from nmid_desktop.workspace.display import ThumbnailQueue
 
 
 def _rows(browser) -> list[BrowserRow]:  # noqa: ANN001

@@ -8,7 +8,7 @@ from PySide6.QtGui import QImage, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from nmid_desktop.qt.imaging import format_length, nice_length, window_lut
-from nmid_desktop.qt.tasks import histogram, make_thumbnail, rescale
+from nmid_desktop.workspace.display import histogram, make_thumbnail, rescale
 from nmid_desktop.qt.widgets.contrast import ContrastControl
 from nmid_desktop.qt.widgets.image_viewer import ImageViewer
 from nmid_desktop.qt.widgets.loss_curve import LossCurve, _ticks

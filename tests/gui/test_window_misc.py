@@ -10,7 +10,7 @@ from gui_helpers import TIMEOUT_MS, drop_files, wait_shown
 from PySide6.QtCore import QMimeData
 from PySide6.QtGui import QGuiApplication, QImage
 
-from nmid_desktop.qt.tasks import rescale
+from nmid_desktop.workspace.display import rescale
 
 
 def test_sixteen_bit_contrast_restretches_from_raw(make_window, library: Path, qtbot, tmp_path):

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.qt.imaging import format_length
-from nmid_desktop.qt.tasks import ImagePayload
+from nmid_desktop.workspace.display import ImagePayload
 from nmid_desktop.qt.widgets.contrast import ContrastControl
 from nmid_desktop.qt.widgets.demonstrations import DemonstrationsGrid
 from nmid_desktop.qt.widgets.image_viewer import ImageViewer

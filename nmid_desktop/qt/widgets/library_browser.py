@@ -23,7 +23,7 @@ from nmid_desktop.core.store import ImageFilter, ImageRecord, Store, open_librar
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.imaging import class_color
 from nmid_desktop.qt.models import ImageIdRole, LibraryModel, BrowserRow
-from nmid_desktop.qt.tasks import ThumbnailQueue, thumbnail_loader
+from nmid_desktop.workspace.display import ThumbnailQueue, thumbnail_loader
 from nmid_desktop.qt.workers import JobHandle, freeze_heap
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.qt.imaging import SOURCE_NAMES, class_color
-from nmid_desktop.qt.tasks import ModelAnswer
+from nmid_desktop.workspace.display import ModelAnswer
 from nmid_desktop.qt.widgets.flow_layout import FlowLayout
 
 SHOWN_CLASSES = 5

@@ -287,7 +287,7 @@ class SettingsDialog(QDialog):
 
     def fetch_models(self) -> JobHandle:
         """List the endpoint's models (with the URL and key typed here) into the model boxes."""
-        from nmid_desktop.qt.lmm_tasks import list_models_job
+        from nmid_desktop.workspace.model_tasks import list_models_job
 
         settings = self.settings_from_fields()
         key = self.key_edit.text().strip()

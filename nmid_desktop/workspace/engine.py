@@ -24,7 +24,7 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import LibraryError, NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
-from nmid_desktop.qt.tasks import DemoTile, ImagePayload, ThumbnailCache, load_image
+from nmid_desktop.workspace.display import DemoTile, ImagePayload, ThumbnailCache, load_image
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from nmid_desktop.core.config import Settings
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import DescriptionRow, open_library
-from nmid_desktop.qt.tasks import ModelAnswer
+from nmid_desktop.workspace.display import ModelAnswer
 
 
 def endpoint_configured(settings: Settings) -> bool:
@@ -139,7 +139,7 @@ class SyntheticItem:
 def synthetic_for(library: Path, source_id: int, thumb_size: int = 180) -> list[SyntheticItem]:
     """The synthetic images made from one real image, with thumbnails."""
     from nmid_desktop.core.store import ImageFilter
-    from nmid_desktop.qt.tasks import ThumbnailCache
+    from nmid_desktop.workspace.display import ThumbnailCache
 
     cache = ThumbnailCache()
     items: list[SyntheticItem] = []
