@@ -7,9 +7,9 @@ import sys
 from collections.abc import Generator
 from typing import Any
 
-from nmid_desktop.commands._common import add_library_arg, drive, open_store
+from nmid_desktop.commands._common import add_library_arg, drive, library_path, open_store
 from nmid_desktop.core.jobs import Job, Progress
-from nmid_desktop.core.store.base import Store
+from nmid_desktop.workspace.training import TrainingRequest, training_job, training_sources
 
 ENCODER_CHOICES = ("micrograph-vit", "efficientnet-lite0-imagenet")
 
@@ -42,24 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def training_sources(store: Store, *, include_test: bool = False) -> list[tuple[Any, int, Any]]:
-    """``(path, page, crop_box)`` of every image fit for self-supervised training.
-
-    Rejected images are out; synthetic images only count once an expert accepted them;
-    images of a fixed test split are out unless ``include_test`` (training on them,
-    even without labels, would flatter the evaluation).
-    """
-    test_ids = set() if include_test else {i for i, s in store.get_split().items() if s == "test"}
-    sources = []
-    for record in store.iter_images():
-        if record.review == "rejected" or record.id in test_ids:
-            continue
-        if record.synthetic and record.review != "accepted":
-            continue
-        sources.append((record.path, record.page, record.crop_box))
-    return sources
-
-
 def _print_epochs(job: Job[Any]) -> Generator[Progress, None, Any]:
     """Pass a training job's progress through, printing one line per finished epoch."""
     try:
@@ -83,46 +65,28 @@ def _print_epochs(job: Job[Any]) -> Generator[Progress, None, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Train, write ``<library>/models/<name>.json``, optionally select it."""
-    from nmid_desktop.core.errors import NmidError
-    from nmid_desktop.ml.encoders import set_library_encoder
-    from nmid_desktop.ml.manifest import library_models_dir
-    from nmid_desktop.ml.simclr import train_simclr
-
     init = args.init
     if init == "auto":
         init = "scratch" if args.encoder == "micrograph-vit" else "imagenet"
-    store = open_store(args, create=False)
-    try:
-        sources = training_sources(store, include_test=args.include_test)
-        if len(sources) < 2:
-            raise NmidError(f"the library has {len(sources)} images fit for training; import some first")
-        print(f"training {args.encoder} ({init}) on {len(sources)} images of {store.root}", flush=True)
-        job = train_simclr(
-            sources,
-            out_dir=library_models_dir(store.root),
-            encoder_name=args.encoder,
-            init=init,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            temperature=args.temperature,
-            seed=args.seed,
-            device=args.device,
-            library=store.root,
-        )
-        result = drive(_print_epochs(job))
-        stop = " (stopped early)" if result.stopped_early else ""
-        print(
-            f"wrote {result.manifest_path} ({result.key}){stop}: best epoch {result.best_epoch}, "
-            f"{result.monitored} {result.best_loss:.4f}, {result.seconds / 60:.1f} min on {result.device}"
-        )
-        for source, reason in result.failed[:10]:
-            print(f"skipped {source}: {reason}", file=sys.stderr)
-        if len(result.failed) > 10:
-            print(f"... and {len(result.failed) - 10} more unreadable images", file=sys.stderr)
-        if args.use:
-            set_library_encoder(store, result.name)
-            print(f"the library now uses encoder {result.name}; embeddings are recomputed on next use")
-    finally:
-        store.close()
+    library = library_path(args)
+    request = TrainingRequest(
+        encoder_name=args.encoder, init=init, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        temperature=args.temperature, seed=args.seed, device=args.device, include_test=args.include_test,
+        use_when_done=args.use,
+    )
+    with open_store(args, create=False) as store:
+        n = len(training_sources(store, include_test=args.include_test))
+    print(f"training {args.encoder} ({init}) on {n} images of {library}", flush=True)
+    result = drive(_print_epochs(training_job(library, request)))
+    stop = " (stopped early)" if result.stopped_early else ""
+    print(
+        f"wrote {result.manifest_path} ({result.key}){stop}: best epoch {result.best_epoch}, "
+        f"{result.monitored} {result.best_loss:.4f}, {result.seconds / 60:.1f} min on {result.device}"
+    )
+    for source, reason in result.failed[:10]:
+        print(f"skipped {source}: {reason}", file=sys.stderr)
+    if len(result.failed) > 10:
+        print(f"... and {len(result.failed) - 10} more unreadable images", file=sys.stderr)
+    if args.use:
+        print(f"the library now uses encoder {result.name}; embeddings are recomputed on next use")
     return 0

@@ -14,6 +14,7 @@ from nmid_desktop.core.demo import make_demo_image
 from nmid_desktop.core.importer import import_files
 from nmid_desktop.core.store import open_library
 from nmid_desktop.ml.encoders import load_encoder, resolve_encoder_name
+from nmid_desktop.workspace.training import training_sources
 
 
 def _drain(job):
@@ -56,12 +57,12 @@ def test_training_sources_leave_out_rejected_synthetic_and_test(library: Path) -
             store.get_image(ids[3]).path, sha256="f" * 64, page=0, n_pages=1, width=96, height=96,
             dtype="uint8", copy=False, synthetic=True, source_image_id=ids[3],
         )
-        paths = {str(p) for p, _, _ in train_command.training_sources(store)}
+        paths = {str(p) for p, _, _ in training_sources(store)}
         assert str(store.get_image(ids[0]).path) not in paths and str(store.get_image(ids[1]).path) not in paths
-        assert len(train_command.training_sources(store)) == 10  # 12 - rejected - test; pending synthetic out
+        assert len(training_sources(store)) == 10  # 12 - rejected - test; pending synthetic out
         store.set_label(synthetic_id, "demo", source="expert")  # an expert accepts it
-        assert len(train_command.training_sources(store)) == 11
-        assert len(train_command.training_sources(store, include_test=True)) == 12
+        assert len(training_sources(store)) == 11
+        assert len(training_sources(store, include_test=True)) == 12
     finally:
         store.close()
 

@@ -23,16 +23,10 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.core.jobs import CancelToken, Progress
-from nmid_desktop.core.store import ImageFilter, open_library
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.widgets.loss_curve import LossCurve
 from nmid_desktop.qt.workers import JobHandle
-
-PRESETS = {
-    "vit-scratch": ("micrograph-vit", "scratch", "The paper's ViT (224 px, 32 px patches, dim 128), from scratch"),
-    "effnet-finetune": ("efficientnet-lite0-imagenet", "imagenet", "EfficientNet-Lite0 from ImageNet, fine-tuned"),
-}
-
+from nmid_desktop.workspace.training import PRESETS, TrainingRequest, training_job
 
 def format_seconds(seconds: float | None) -> str:
     """``1 h 02 min``, ``3 min 20 s`` or ``12 s``."""
@@ -44,53 +38,6 @@ def format_seconds(seconds: float | None) -> str:
     if seconds >= 60:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds} s"
-
-
-def training_job(
-    library: Path,
-    preset: str,
-    epochs: int,
-    batch_size: int,
-    use_when_done: bool,
-    token: CancelToken,
-    *,
-    crop_data_bar: bool = True,
-    max_images: int | None = None,
-    device: str | None = None,
-):  # noqa: ANN201 - a job
-    """Train an encoder with SimCLR on the library's real images; write it into the library's ``models/``.
-
-    Args:
-        library: The library folder.
-        preset: A key of :data:`PRESETS`.
-        epochs: Maximum epochs.
-        batch_size: Images per batch.
-        use_when_done: Make the trained encoder the library's encoder.
-        token: Checked between batches; a cancelled run writes nothing.
-        crop_data_bar: Train on the micrograph proper.
-        max_images: Use at most this many images (None: all).
-        device: Torch device (None: CUDA when present).
-    """
-    from nmid_desktop.ml.encoders import set_library_encoder
-    from nmid_desktop.ml.manifest import library_models_dir
-    from nmid_desktop.ml.simclr import train_simclr
-
-    encoder_name, init, _ = PRESETS[preset]
-    with open_library(library, create=False) as store:
-        sources: list[Any] = []
-        for record in store.iter_images(ImageFilter(synthetic=False)):
-            if record.review == "rejected":
-                continue
-            sources.append((record.path, record.page, record.crop_box if crop_data_bar else None))
-            if max_images is not None and len(sources) >= max_images:
-                break
-        result = yield from train_simclr(
-            sources, out_dir=library_models_dir(library), encoder_name=encoder_name, init=init,
-            epochs=epochs, batch_size=batch_size, library=library, token=token, device=device,
-        )
-        if use_when_done:
-            set_library_encoder(store, result.name)
-    return result
 
 
 class TrainingPanel(QWidget):
@@ -124,6 +71,11 @@ class TrainingPanel(QWidget):
         form.addRow("Epochs (at most)", self.epochs)
         form.addRow("Batch size", self.batch)
         form.addRow("", self.use_check)
+        self.include_test_check = QCheckBox("Also train on the fixed test split", self)
+        self.include_test_check.setToolTip(
+            "Off by default: training on the test images, even without their labels, flatters an evaluation"
+        )
+        form.addRow("", self.include_test_check)
         self.start_button = QPushButton("Start training", self)
         self.start_button.setObjectName("primary")
         self.start_button.clicked.connect(self.start)
@@ -192,11 +144,13 @@ class TrainingPanel(QWidget):
         self.start_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)
-        self.handle = self.ctx.jobs.start(
-            "training",
-            lambda token: training_job(library, preset, epochs, batch, use, token, crop_data_bar=crop,
-                                       max_images=max_images, device=device),
+        encoder_name, init, _ = PRESETS[preset]
+        request = TrainingRequest(
+            encoder_name=encoder_name, init=init, epochs=epochs, batch_size=batch, device=device,
+            include_test=self.include_test_check.isChecked(), crop_data_bar=crop, max_images=max_images,
+            use_when_done=use,
         )
+        self.handle = self.ctx.jobs.start("training", lambda token: training_job(library, request, token))
         self.handle.progress_changed.connect(self._on_progress)
         self.handle.finished.connect(self._on_finished)
         self.handle.failed.connect(lambda msg: self.log.appendPlainText(f"failed: {msg}"))
