@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from nmid_desktop.core.config import Settings, load_settings
+from nmid_desktop.core.config import Settings
 from nmid_desktop.core.jobs import CancelToken, Job, Progress, run_job
-from nmid_desktop.core.paths import default_library_dir
 
 T = TypeVar("T")
 
@@ -27,10 +26,9 @@ def add_library_arg(parser: argparse.ArgumentParser) -> None:
 
 def library_path(args: argparse.Namespace, settings: Settings | None = None) -> Path:
     """The library folder chosen by ``--library``, the settings, or the default."""
-    if getattr(args, "library", None):
-        return Path(args.library)
-    settings = settings or load_settings()
-    return Path(settings.library) if settings.library else default_library_dir()
+    from nmid_desktop.workspace.library import resolve_library
+
+    return resolve_library(getattr(args, "library", None), settings)
 
 
 def open_store(args: argparse.Namespace, *, create: bool = True):  # -> Store

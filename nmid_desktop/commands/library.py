@@ -6,7 +6,6 @@ import argparse
 import getpass
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from nmid_desktop.commands._common import add_library_arg, drive, open_store
@@ -113,22 +112,15 @@ def format_import(report: ImportReport) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from nmid_desktop.core.demo import generate_demo
-    from nmid_desktop.core.paths import data_dir
+    from nmid_desktop.workspace.library import fill_demo, resolve_library
 
     settings = load_settings()
-    folder = Path(args.library) if args.library else data_dir() / "demo"
-    with tempfile.TemporaryDirectory(prefix="nmid-demo-") as tmp:
-        drive(generate_demo(Path(tmp), per_class=args.per_class, seed=args.seed, size=args.size))
-        with open_library(folder) as store:
-            report = drive(
-                import_folder(
-                    store, Path(tmp), layout="imagefolder", max_pixels=settings.max_pixels,
-                    detect_bar=settings.crop_data_bar, actor="demo",
-                )
-            )
-            print("demo: " + format_import(report))
-            print(describe_library(store))
+    with open_library(resolve_library(args.library, settings, demo=True)) as store:
+        report = drive(fill_demo(store, settings, per_class=args.per_class, seed=args.seed, size=args.size,
+                                 only_if_empty=False))
+        assert report is not None  # only_if_empty=False always imports
+        print("demo: " + format_import(report))
+        print(describe_library(store))
     return 0
 
 

@@ -17,21 +17,13 @@ from nmid_desktop import __version__
 from nmid_desktop.core.config import Settings, load_settings
 from nmid_desktop.core.display import window_problem
 from nmid_desktop.core.errors import ConfigError, DisplayError, NmidError
-from nmid_desktop.core.paths import APP_AUTHOR, APP_NAME, data_dir, default_library_dir, resources_dir
+from nmid_desktop.core.paths import APP_AUTHOR, APP_NAME, resources_dir
+from nmid_desktop.workspace.library import resolve_library
 
 if TYPE_CHECKING:
     from nmid_desktop.qt.main_window import MainWindow
 
 log = logging.getLogger(__name__)
-
-
-def resolve_library(library: Path | None, settings: Settings, demo: bool) -> Path:
-    """The library folder: ``--library``, else the demo folder with ``--demo``, else settings, else the default."""
-    if library is not None:
-        return Path(library)
-    if demo:
-        return data_dir() / "demo"
-    return Path(settings.library) if settings.library else default_library_dir()
 
 
 def make_application(argv: Sequence[str] | None = None) -> QApplication:
@@ -80,7 +72,7 @@ def open_window(
         settings = Settings()
     from nmid_desktop.qt.main_window import MainWindow
 
-    window = MainWindow(resolve_library(library, settings, demo), settings, demo=demo, encoder=encoder)
+    window = MainWindow(resolve_library(library, settings, demo=demo), settings, demo=demo, encoder=encoder)
     window.show()
     if paths:
         # Queued on the engine lane behind the library opening (and the demo build).

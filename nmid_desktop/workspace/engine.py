@@ -404,17 +404,7 @@ class EngineRef:
 
 def build_demo(engine: Engine, token: CancelToken) -> Job[str | None]:
     """Fill an empty library with the demo images (a job on the engine lane); returns the import summary."""
-    import tempfile
+    from nmid_desktop.workspace.library import fill_demo
 
-    from nmid_desktop.core.demo import generate_demo
-    from nmid_desktop.core.importer import import_folder
-
-    if engine.store.count_images() > 0:
-        return None
-    with tempfile.TemporaryDirectory(prefix="nmid-demo-") as tmp:
-        yield from generate_demo(Path(tmp))
-        report = yield from import_folder(
-            engine.store, Path(tmp), layout="imagefolder", max_pixels=engine.settings.max_pixels,
-            detect_bar=engine.settings.crop_data_bar, actor="demo",
-        )
-    return report.summary()
+    report = yield from fill_demo(engine.store, engine.settings)
+    return None if report is None else report.summary()

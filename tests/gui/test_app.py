@@ -9,7 +9,8 @@ from pathlib import Path
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
-from nmid_desktop.qt.app import resolve_library, run_app
+from nmid_desktop.qt.app import run_app
+from nmid_desktop.workspace.library import resolve_library
 from nmid_desktop.qt.main_window import MainWindow
 
 
