@@ -19,41 +19,11 @@ from PySide6.QtCore import QAbstractListModel, QAbstractTableModel, QModelIndex,
 from PySide6.QtGui import QColor, QPixmap
 
 from nmid_desktop.qt.imaging import SOURCE_NAMES, gray_pixmap
+from nmid_desktop.workspace.browse import BrowserRow
 from nmid_desktop.workspace.display import ThumbnailQueue, ThumbRequest
 
 ImageIdRole = Qt.ItemDataRole.UserRole + 1
 LabelRole = Qt.ItemDataRole.UserRole + 2
-
-
-@dataclass(frozen=True)
-class BrowserRow:
-    """One image as the browser lists it (plain data, made in a worker).
-
-    Attributes:
-        image_id: Library id.
-        name: File name it was imported as.
-        label: Current label or None.
-        source: Who set the label.
-        review: pending, accepted or rejected.
-        synthetic: A synthetic image.
-        sha256: Content hash (thumbnail cache key).
-        page: Page index.
-        path: Where its pixels are.
-        crop_box: The micrograph proper.
-        note: Why it is where it is in a review queue ("margin 0.03", "model says X").
-    """
-
-    image_id: int
-    name: str
-    label: str | None
-    source: str | None
-    review: str
-    synthetic: bool
-    sha256: str
-    page: int
-    path: Path
-    crop_box: tuple[int, int, int, int] | None
-    note: str = ""
 
 
 class LibraryModel(QAbstractListModel):

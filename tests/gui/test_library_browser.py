@@ -9,7 +9,8 @@ from gui_helpers import TIMEOUT_MS, drop_files, wait_idle, wait_shown
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QListView
 
-from nmid_desktop.qt.models import BrowserRow, ImageIdRole, LibraryModel
+from nmid_desktop.qt.models import ImageIdRole, LibraryModel
+from nmid_desktop.workspace.browse import BrowserRow
 from nmid_desktop.workspace.display import ThumbnailQueue
 
 

@@ -22,106 +22,14 @@ from PySide6.QtWidgets import (
 from nmid_desktop.core.store import ImageFilter, ImageRecord, Store, open_library
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.imaging import class_color
-from nmid_desktop.qt.models import ImageIdRole, LibraryModel, BrowserRow
+from nmid_desktop.qt.models import ImageIdRole, LibraryModel
+from nmid_desktop.workspace.browse import ORDERS, SOURCES, BrowserQuery, BrowserRow, fetch_rows
 from nmid_desktop.workspace.display import ThumbnailQueue, thumbnail_loader
 from nmid_desktop.qt.workers import JobHandle, freeze_heap
 
 log = logging.getLogger(__name__)
 
 BROWSER_LANE = "browser"
-ORDERS = {
-    "id": "Library order",
-    "uncertain": "Review queue: most uncertain first",
-    "disagree": "Review queue: local and model disagree first",
-}
-SOURCES = ("import", "expert", "local", "lmm", "synthetic")
-FETCH_BATCH = 2000
-
-
-@dataclass(frozen=True)
-class BrowserQuery:
-    """What the browser asks for (plain data for the worker)."""
-
-    label: str | None = None
-    source: str | None = None
-    unlabelled: bool = False
-    needs_review: bool = False
-    order: str = "id"
-    local_predictor: str = "knn"
-
-
-def _row(record: ImageRecord, note: str = "") -> BrowserRow:
-    return BrowserRow(
-        image_id=record.id,
-        name=record.original_name,
-        label=record.label,
-        source=record.label_source,
-        review=record.review,
-        synthetic=record.synthetic,
-        sha256=record.sha256,
-        page=record.page,
-        path=record.path,
-        crop_box=record.crop_box,
-        note=note,
-    )
-
-
-def fetch_rows(store: Store, query: BrowserQuery, token):  # noqa: ANN001, ANN201 - a job
-    """The browser's rows for a query, in its order (a job: yields progress per batch).
-
-    Review queues hold only images nobody has accepted or rejected. Images with a local prediction come first, ordered by its margin
-    (smallest first: the most uncertain); ``disagree`` puts images whose latest model
-    prediction differs from the local one before all others. Images without any
-    prediction follow in library order.
-    """
-    from nmid_desktop.core.jobs import Progress
-
-    flt = ImageFilter(
-        label=query.label,
-        label_source=query.source,
-        unlabelled=True if query.unlabelled else None,
-        review="pending" if query.needs_review else None,
-    )
-    total = store.count_images(flt)
-    records: list[ImageRecord] = []
-    offset = 0
-    while True:
-        batch = store.images(flt, limit=FETCH_BATCH, offset=offset)
-        if not batch:
-            break
-        records.extend(batch)
-        offset += len(batch)
-        yield Progress(len(records), total, "reading the library")
-    if query.order == "id":
-        return [_row(r) for r in records]
-    # A review queue holds what an expert has not decided yet: unlabelled or pending images.
-    records = [r for r in records if r.review == "pending" or r.label is None]
-    local = store.latest_predictions(query.local_predictor)
-    other = "logreg" if query.local_predictor == "knn" else "knn"
-    fallback = store.latest_predictions(other)
-    model = store.latest_predictions("lmm") if query.order == "disagree" else {}
-    keyed: list[tuple[tuple, BrowserRow]] = []
-    for position, record in enumerate(records):
-        prediction = local.get(record.id) or fallback.get(record.id)
-        if prediction is None or not prediction.ranking:
-            keyed.append(((2, 0.0, position), _row(record)))
-            continue
-        probs = [p for _, p in prediction.ranking]
-        margin = probs[0] - (probs[1] if len(probs) > 1 else 0.0)
-        note = f"local: {prediction.label} (margin {margin:.2f})"
-        group = 1
-        answer = model.get(record.id)
-        if answer is not None and answer.valid and answer.label:
-            if answer.label != prediction.label:
-                group = 0
-                note += f"; model: {answer.label}"
-            else:
-                note += "; model agrees"
-        keyed.append(((group, margin, position), _row(record, note)))
-    keyed.sort(key=lambda kr: kr[0])
-    return [row for _, row in keyed]
-
-
 class LibraryBrowser(QWidget):
     """Filters, a count, and the thumbnail grid. Double-click opens an image for labelling."""
 
