@@ -23,21 +23,9 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.core.jobs import Progress
-from nmid_desktop.core.store import open_library
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.workers import JobHandle
-
-
-def export_job(library: Path, out_dir: Path, split: tuple[float, float, float], seed: int,
-               include_pending: bool, copy_mode: str, token):  # noqa: ANN001, ANN201 - a job
-    """Run the core export with a store of this worker's own."""
-    from nmid_desktop.core.export import export_dataset
-
-    with open_library(library, create=False) as store:
-        report = yield from export_dataset(
-            store, out_dir, split=split, seed=seed, include_pending=include_pending, copy_mode=copy_mode
-        )
-    return report
+from nmid_desktop.workspace.export import export_job
 
 
 class ExportDialog(QDialog):
