@@ -107,6 +107,20 @@ class Classifier:
             raise LibraryError(f"image {image_id} could not be embedded")
         return vectors[0]
 
+    def embed_decoded(self, image_id: int, model_view: np.ndarray) -> np.ndarray:
+        """The embedding of a library image whose pixels the caller has already decoded. Shape (D,).
+
+        The cached embedding when there is one; otherwise ``model_view`` (the 2-D uint8 micrograph
+        proper, as :func:`~nmid_desktop.core.images.model_input` gives it) is embedded and cached,
+        so the window's query decodes its file once, for display and encoder alike.
+        """
+        ids, vectors = self.store.get_embeddings(self.encoder.key, [int(image_id)])
+        if len(ids):
+            return np.asarray(vectors[0], dtype=np.float32)
+        vector = np.asarray(self.encoder.embed([model_view])[0], dtype=np.float32)
+        self.store.put_embeddings(self.encoder.key, [int(image_id)], vector[None, :])
+        return vector
+
     def library_image(self, path: Path, page: int = 0) -> ImageRecord | None:
         """The library image with the same content as a file, if any (by sha256)."""
         digest = hashlib.sha256()
@@ -330,7 +344,13 @@ class Classifier:
         return similar(vector, k, strategy, searcher=searcher, pool=pool, exclude_ids=exclude_ids, rng=rng)
 
     def predict_local(
-        self, vector: np.ndarray, predictor: str | None = None, k: int | None = None, exclude_ids: Iterable[int] = ()
+        self,
+        vector: np.ndarray,
+        predictor: str | None = None,
+        k: int | None = None,
+        exclude_ids: Iterable[int] = (),
+        *,
+        demonstrations: Sequence[Demonstration] | None = None,
     ) -> Ranking:
         """A full ranking of the library's classes for a query embedding.
 
@@ -341,6 +361,9 @@ class Classifier:
             k: Demonstrations for ``knn`` (default: settings' k).
             exclude_ids: Images the kNN vote must not use (the query itself when in the library).
                 The probe is trained on the whole pool and ignores this.
+            demonstrations: The K most similar demonstrations just retrieved for this vector
+                (similarity strategy, same exclusions): the kNN vote uses them instead of
+                searching again.
 
         Raises:
             LabelError: The library has no labelled images yet.
@@ -354,7 +377,10 @@ class Classifier:
             raise LabelError("the library has no labelled images yet: label or import some first")
         if predictor == "knn":
             k = int(k or self.settings.k)
-            demos = similar(vector, k, "similarity", searcher=searcher, pool=pool, exclude_ids=exclude_ids)
+            if demonstrations is not None and len(demonstrations) >= min(k, len(pool)):
+                demos = list(demonstrations[:k])
+            else:
+                demos = similar(vector, k, "similarity", searcher=searcher, pool=pool, exclude_ids=exclude_ids)
             return self._knn.rank(demos, pool.classes)
         self._fit_probe(pool)
         return self._probe.rank(vector)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from nmid_desktop.core.errors import ImageError
-from nmid_desktop.core.images import DEFAULT_MAX_PIXELS, Micrograph, read_image
+from nmid_desktop.core.images import DEFAULT_MAX_PIXELS, Micrograph, crop, read_image
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.paths import cache_dir
 
@@ -84,6 +84,10 @@ class ImagePayload:
     n_pages: int
     metadata: dict[str, str] = field(default_factory=dict)
     image_id: int | None = None
+
+    def model_view(self) -> np.ndarray:
+        """What the encoder and the model see: the 8-bit view cropped to the micrograph proper."""
+        return self.view8 if self.crop_box is None else crop(self.view8, self.crop_box)
 
 
 def _grey(raw: np.ndarray) -> np.ndarray:

@@ -265,7 +265,7 @@ class Engine:
             yield Progress(1, 4, "waiting for the encoder and the index")
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        vector = classifier.embed_image(image_id)
+        vector = classifier.embed_decoded(image_id, payload.model_view())
         timings["embed"] = time.perf_counter() - start
         yield Progress(2, 4, "searching")
         start = time.perf_counter()
@@ -275,7 +275,10 @@ class Engine:
         ranking_items: tuple[tuple[str, float], ...] = ()
         if demos:
             try:
-                ranking = classifier.predict_local(vector, predictor=settings.local_predictor, exclude_ids=(image_id,))
+                # The similarity strategy's demonstrations are the kNN vote's: no second search.
+                reuse = demos if settings.strategy == "similarity" else None
+                ranking = classifier.predict_local(vector, predictor=settings.local_predictor, exclude_ids=(image_id,),
+                                                   demonstrations=reuse)
             except NmidError as exc:
                 log.info("no local prediction for image %s: %s", image_id, exc)
                 ranking = None
