@@ -63,9 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", metavar="NAME", default=None, help="encoder (default: the library's)")
     p.set_defaults(func=_cmd_classify)
 
-    from nmid_desktop.evaluation.runner import DEFAULT_KS, PREDICTORS, SPLITS, load_predictor_plugins
+    from nmid_desktop.evaluation.runner import DEFAULT_KS, PREDICTORS, SPLITS
+    from nmid_desktop.lmm import evaluation as lmm_evaluation
 
-    load_predictor_plugins()
+    lmm_evaluation.register()  # the model predictor is composed in here, not imported by the runner
     p = subparsers.add_parser(
         "evaluate",
         help="measure top-k accuracy of encoders x predictors x strategies x K on the library's labels",

@@ -7,7 +7,8 @@ demonstration pool searched exactly, and every test image is classified by every
 configuration. Demonstrations come from the training part only.
 
 Predictors are looked up in :data:`PREDICTORS` (name -> :class:`PredictorSpec`), so
-another predictor (the LMM) plugs in with :func:`register_predictor` without
+another predictor (the LMM) plugs in with :func:`register_predictor`, called where a command is
+composed (the runner never imports the model code), without
 touching the runner. A predictor that uses demonstrations runs once per
 (strategy, K); one that does not (the logistic probe, fitted on the whole training
 part) runs once and is reported with strategy ``-`` and K ``all``.
@@ -129,31 +130,6 @@ def _predict_logreg(train: TrainData, queries: QueryData) -> list[Ranking]:
 
 register_predictor(PredictorSpec("knn", _predict_knn, True, "similarity-weighted kNN vote over the K demonstrations"))
 register_predictor(PredictorSpec("logreg", _predict_logreg, False, "logistic-regression probe on all training embeddings"))
-
-# Modules that register more predictors when imported (the LMM's lives with the LMM code).
-PREDICTOR_PLUGINS = ("nmid_desktop.lmm.evaluation",)
-
-
-def load_predictor_plugins() -> list[str]:
-    """Import the plug-in modules that exist; returns the names of those loaded.
-
-    A plug-in that is absent is skipped; one that exists but fails to import raises, so a
-    broken plug-in is never silently hidden.
-    """
-    import importlib
-    import importlib.util
-
-    loaded = []
-    for name in PREDICTOR_PLUGINS:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:  # the parent package itself is missing
-            found = False
-        if found:
-            importlib.import_module(name)
-            loaded.append(name)
-    return loaded
-
 
 @dataclass(frozen=True)
 class ConfigKey:
@@ -292,7 +268,7 @@ def _test_masks(store: Store, ids: np.ndarray, labels: list[str], opts: EvalOpti
     hardness = splits.hardness_scores(pixels, labels, seed=opts.seed)
     mask = splits.hard_test_mask(hardness, labels, ids, test_fraction=opts.test_fraction)
     if opts.save_split:
-        store.set_split({int(i): ("test" if m else "train") for i, m in zip(ids, mask)})
+        store.set_split({int(i): ("test" if m else "train") for i, m in zip(ids, mask, strict=True)})
     return [mask]
 
 
@@ -445,7 +421,7 @@ def _train_data(
         vectors=vectors,
         classes=classes,
         searcher=searcher,
-        pool=DemoPool(labels=dict(zip(ids.tolist(), labels))),
+        pool=DemoPool(labels=dict(zip(ids.tolist(), labels, strict=True))),
         store=store,
         fold=fold,
         seed=seed,

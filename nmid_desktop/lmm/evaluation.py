@@ -32,7 +32,9 @@ from nmid_desktop.predict.ranking import Ranking
 log = logging.getLogger(__name__)
 
 
-def predict_lmm(train: TrainData, queries: QueryData, *, client: LmmClient | None = None, prices: PriceTable | None = None) -> list[Ranking]:
+def predict_lmm(
+    train: TrainData, queries: QueryData, *, client: LmmClient | None = None, prices: PriceTable | None = None
+) -> list[Ranking]:
     """One ranking per test image, from the model and the runner's demonstrations.
 
     Args:
@@ -65,7 +67,7 @@ def predict_lmm(train: TrainData, queries: QueryData, *, client: LmmClient | Non
 
     work_items: list[tuple[ImageSource, list[tuple[ImageSource, str]]]] = [
         (source(qid), [(source(d.image_id), d.label) for d in demos])
-        for qid, demos in zip(queries.ids.tolist(), queries.demonstrations)
+        for qid, demos in zip(queries.ids.tolist(), queries.demonstrations, strict=True)
     ]
     estimates = [
         estimate_predict((q.width, q.height), [(d.width, d.height) for d, _ in demos], classes, settings, prices)
@@ -154,13 +156,17 @@ def _predict(train: TrainData, queries: QueryData) -> list[Ranking]:
     return predict_lmm(train, queries)
 
 
-register_predictor(
-    PredictorSpec(
-        "lmm",
-        _predict,
-        True,
-        "the multimodal model with the K demonstrations shown as (image, class) pairs (needs an endpoint; costs money)",
-    )
+LMM_PREDICTOR = PredictorSpec(
+    "lmm",
+    _predict,
+    True,
+    "the multimodal model with the K demonstrations shown as (image, class) pairs (needs an endpoint; costs money)",
 )
 
-__all__ = ["predict_lmm"]
+
+def register() -> None:
+    """Add ``lmm`` to the evaluation's predictors (called where ``nmid evaluate`` is composed)."""
+    register_predictor(LMM_PREDICTOR)
+
+
+__all__ = ["LMM_PREDICTOR", "predict_lmm", "register"]

@@ -10,9 +10,10 @@ from fake_openai_server import chat_reply
 
 from nmid_desktop.core.config import save_settings
 from nmid_desktop.core.errors import ConfigError
-from nmid_desktop.evaluation.runner import PREDICTORS, QueryData, TrainData, load_predictor_plugins
+from nmid_desktop.evaluation.runner import PREDICTORS, QueryData, TrainData
 from nmid_desktop.lmm.client import ModelUnavailableError
 from nmid_desktop.lmm.cost import BudgetExceeded
+from nmid_desktop.lmm.evaluation import register as register_lmm
 from nmid_desktop.predict.retrieval import Demonstration
 
 CHAT = "/v1/chat/completions"
@@ -45,13 +46,13 @@ def configured(settings):
     return settings
 
 
-def test_the_plugin_registers_lmm() -> None:
-    assert "nmid_desktop.lmm.evaluation" in load_predictor_plugins()
+def test_registering_adds_lmm() -> None:
+    register_lmm()
     assert PREDICTORS["lmm"].uses_demonstrations
 
 
 def test_every_test_image_gets_a_full_ranking_and_spending_is_recorded(server, library, configured) -> None:
-    load_predictor_plugins()
+    register_lmm()
     answers = iter(["inclusion", "crazing", "rust"])  # the third is outside the taxonomy (repair -> still outside)
     server.chat_default = lambda req: chat_reply(
         json.dumps({"label": next(answers, "rust"), "top5": [], "confidence": 0.6, "rationale": "r"})
@@ -73,7 +74,7 @@ def test_every_test_image_gets_a_full_ranking_and_spending_is_recorded(server, l
 
 
 def test_invalid_answers_fall_back_to_the_knn_vote(server, library, configured) -> None:
-    load_predictor_plugins()
+    register_lmm()
     configured.lmm.structured_outputs = False
     save_settings(configured)
     server.chat_default = lambda req: chat_reply(json.dumps({"label": "rust", "top5": [], "confidence": 0.9, "rationale": ""}))
@@ -85,7 +86,7 @@ def test_invalid_answers_fall_back_to_the_knn_vote(server, library, configured) 
 
 
 def test_a_missing_model_stops_the_evaluation(server, library, configured) -> None:
-    load_predictor_plugins()
+    register_lmm()
     configured.lmm.vision_model = "gone-model"
     save_settings(configured)
     with pytest.raises(ModelUnavailableError, match="setting lmm.vision_model"):
@@ -96,7 +97,7 @@ def test_the_budget_is_checked_before_the_run(server, library, configured, tmp_p
     from nmid_desktop.core.paths import config_dir
 
     (config_dir() / "prices.toml").write_text('[chat."vision-1"]\ninput_per_1m = 100000.0\noutput_per_1m = 100000.0\n')
-    load_predictor_plugins()
+    register_lmm()
     with pytest.raises(BudgetExceeded):
         PREDICTORS["lmm"].predict(*split(library))
     assert server.calls(CHAT) == []
@@ -105,7 +106,7 @@ def test_the_budget_is_checked_before_the_run(server, library, configured, tmp_p
 def test_the_plugin_needs_the_library(library, configured) -> None:
     from dataclasses import replace
 
-    load_predictor_plugins()
+    register_lmm()
     train, queries = split(library)
     with pytest.raises(ConfigError, match="needs the library"):
         PREDICTORS["lmm"].predict(replace(train, store=None), queries)

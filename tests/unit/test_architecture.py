@@ -1,4 +1,4 @@
-"""The package's shape: Qt only under nmid_desktop.qt, checked by import-linter's contract."""
+"""The package's shape: import-linter's contracts (Qt only in qt/, the layers), no torch in core."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ def test_qt_only_in_qt_package() -> None:
     result = subprocess.run([str(lint)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Qt lives in nmid_desktop.qt only KEPT" in result.stdout
+    assert "Layers: faces > workspace > lmm > evaluation > predict > ml | index > core KEPT" in result.stdout
 
 
 def test_core_does_not_import_torch_at_module_level() -> None:
     code = (
         "import sys, nmid_desktop.core.config, nmid_desktop.core.jobs, nmid_desktop.core.paths;"
-        "import importlib.util as u;"
-        "[__import__(m) for m in ('nmid_desktop.core.images','nmid_desktop.core.store','nmid_desktop.core.importer')"
-        " if u.find_spec(m)];"
+        "import nmid_desktop.core.images, nmid_desktop.core.store, nmid_desktop.core.importer;"
+        "import nmid_desktop.workspace.library, nmid_desktop.workspace.browse;"
         "print('torch' in sys.modules, 'PySide6' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
