@@ -40,8 +40,8 @@ from nmid_desktop.lmm.cost import (
     chat_estimate,
     check_budget,
 )
-from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.images import EncodedImage, ImageSource, encode_source, source_size
+from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.parsing import ParsedPrediction, parse_prediction, ranking_from
 from nmid_desktop.lmm.questions import PromptTemplate, load_prompt
 
@@ -326,93 +326,6 @@ def predict_one(
     return predict_encoded(client, encoded_demos, encoded_query, classes, settings, item=item, prices=prices, token=token)
 
 
-class LmmPredictor:
-    """A predictor for evaluation registries: ``predictor(demos, query, classes) -> ranking``.
-
-    Holds one client (and so one connection pool and cache) across calls, and holds
-    the evaluation to the budget: spending is tracked per call, and a call whose
-    estimate would pass ``lmm.budget_usd`` (counting ``store.total_cost()`` when a
-    store is given) raises :class:`~nmid_desktop.lmm.cost.BudgetExceeded` instead
-    of being sent.
-
-    Attributes:
-        last: The full :class:`LmmPrediction` of the latest call (rationale, validity, cost).
-        predictions: Every prediction made, in order.
-        spent_usd: Known cost of the calls made by this predictor.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        client: LmmClient | None = None,
-        store: Store | None = None,
-        prices: PriceTable | None = None,
-        token: CancelToken | None = None,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.prices = prices or PriceTable.load()
-        self.token = token
-        self._own_client = client is None
-        self.client = client or LmmClient.from_settings(settings.lmm)
-        self.last: LmmPrediction | None = None
-        self.predictions: list[LmmPrediction] = []
-        self.spent_usd = 0.0
-        self._base_spent = store.total_cost() if store is not None else 0.0
-
-    def __call__(self, demos: Sequence[Demo], query: ImageLike, classes: Sequence[str]) -> list[tuple[str, float]]:
-        """Rank the classes for one query; ``[]`` when the model gave no valid class.
-
-        Args:
-            demos: ``(image, class)`` pairs, most similar first.
-            query: The query image.
-            classes: Allowed class names.
-
-        Returns:
-            ``(class, probability)`` pairs, best first (up to five).
-
-        Raises:
-            BudgetExceeded: Before a call that would pass the budget.
-            LmmError: When the endpoint fails after retries.
-        """
-        sizes = [source_size(image) for image, _ in demos]
-        estimate = estimate_predict(source_size(query), sizes, classes, self.settings, self.prices)
-        check_budget(estimate, self._base_spent + self.spent_usd, self.settings.lmm.budget_usd)
-        prediction = predict_one(self.client, demos, query, classes, self.settings, prices=self.prices, token=self.token)
-        self.spent_usd += prediction.cost_usd or 0.0
-        if self.store is not None and not prediction.cached:
-            self.store.record_usage(
-                kind="predict", model=prediction.model, tokens_in=prediction.tokens_in,
-                tokens_out=prediction.tokens_out, cost_usd=prediction.cost_usd or 0.0,
-                images=len(demos) + 1,
-            )
-        self.last = prediction
-        self.predictions.append(prediction)
-        return list(prediction.ranking) if prediction.valid else []
-
-    def close(self) -> None:
-        """Close the client if this predictor made it."""
-        if self._own_client:
-            self.client.close()
-
-
-def lmm_predictor(
-    settings: Settings,
-    *,
-    client: LmmClient | None = None,
-    store: Store | None = None,
-    prices: PriceTable | None = None,
-    token: CancelToken | None = None,
-) -> LmmPredictor:
-    """An :class:`LmmPredictor` for ``nmid evaluate --predictor lmm``.
-
-    Raises:
-        NoEndpointError: When no endpoint is configured.
-    """
-    return LmmPredictor(settings, client=client, store=store, prices=prices, token=token)
-
-
 # ----------------------------------------------------------------------------- batches through the classifier
 
 @dataclass(frozen=True)
@@ -424,9 +337,9 @@ class _Query:
 
 def _demonstrations(store: Store, classifier: Any, item: Any, source: ImageSource, settings: Settings) -> list[tuple[ImageSource, str]]:
     """The K demonstrations of one query through the classifier, never the query itself."""
-    from nmid_desktop.lmm.images import source_from_record
-
     import inspect
+
+    from nmid_desktop.lmm.images import source_from_record
 
     k = settings.k
     if source.image_id is not None:
@@ -500,7 +413,7 @@ def predict_images(
         raise LabelError("the library has no classes: label some images first")
     sources = resolve_items(store, paths_or_ids, settings)
     queries: list[_Query] = []
-    for i, (item, source) in enumerate(zip(paths_or_ids, sources)):
+    for i, (item, source) in enumerate(zip(paths_or_ids, sources, strict=True)):
         queries.append(_Query(item, source, _demonstrations(store, classifier, item, source, settings)))
         yield Progress(i + 1, len(sources), f"retrieved demonstrations for {item}")
     per_item = [
@@ -560,10 +473,8 @@ __all__ = [
     "BudgetExceeded",
     "Demo",
     "LmmPrediction",
-    "LmmPredictor",
     "PredictBatch",
     "estimate_predict",
-    "lmm_predictor",
     "predict_encoded",
     "predict_images",
     "predict_messages",

@@ -3,7 +3,9 @@
 - [0] SimCLR: Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive
   Learning of Visual Representations", ICML 2020, https://arxiv.org/abs/2002.05709
 
-Recipe of the GDL-NMID paper (mission.md): two augmented views per image
+Recipe of the GDL-NMID paper (few-shot classification of electron micrographs by a
+multimodal model from retrieved demonstrations, its micrograph encoder trained
+self-supervised): two augmented views per image
 (:mod:`nmid_desktop.ml.augment`), encoder -> projection head -> NT-Xent with a
 temperature, Adam at lr 1e-3, batch 48, up to 50 epochs, learning rate halved after 5
 epochs without validation improvement (ReduceLROnPlateau), early stopping on a held-out
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +49,7 @@ from nmid_desktop.ml.ntxent import nt_xent_loss
 #: One training image: a file (data bar detected and cropped), ``(path, page, crop_box)``
 #: (cropped to ``crop_box`` when not None), a decoded 2-D uint8 array, or a callable
 #: returning one.
-ImageSource = Union[Path, str, tuple, np.ndarray, Callable[[], np.ndarray]]
+ImageSource = Path | str | tuple | np.ndarray | Callable[[], np.ndarray]
 
 INITS = ("scratch", "imagenet")
 _MIN_DELTA = 1e-4  # a smaller validation-loss change is not an improvement
@@ -312,7 +314,7 @@ def _preload(
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(sources), chunk):
             part = sources[start : start + chunk]
-            for source, result in zip(part, pool.map(one, part)):
+            for source, result in zip(part, pool.map(one, part), strict=True):
                 if isinstance(result, str):
                     failed.append((describe_source(source), result))
                 else:
@@ -559,7 +561,7 @@ def train_simclr(
         "n_train": len(train_items),
         "n_val": n_val,
         "device": resolved,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     manifest_path, weights_path, sha = write_encoder(best_state, base, name, Path(out_dir), training)
     return TrainResult(

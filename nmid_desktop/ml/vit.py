@@ -1,6 +1,6 @@
 """The GDL-NMID micrograph encoder: a small Vision Transformer with local then global attention.
 
-Architecture (mission.md, after the GDL-NMID paper):
+Architecture (after the GDL-NMID paper's micrograph encoder):
 
 * input ``(B, C, 224, 224)``, grey (``C = 1``) normalised to [-1, 1];
 * 32 x 32 patches -> a 7 x 7 grid of 49 tokens, linear patch embedding to ``dim = 128``,

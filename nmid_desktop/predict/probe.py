@@ -3,8 +3,9 @@
 Linear probes on frozen features are the standard way to read out what an
 encoder knows (SimCLR, Chen et al., ICML 2020, https://arxiv.org/abs/2002.05709,
 section 4); on small micrograph sets frozen ImageNet features with a linear or
-SVM head are the strongest published baseline (mission.md). The features are
-standardised first so that one regularisation strength suits encoders of any
+SVM head are the strongest published baseline (frozen ImageNet DenseNet features
++ SVM reach 0.971 top-1 on the SEM nanomaterial set, as the GDL-NMID paper's
+comparison reports). The features are standardised first so that one regularisation strength suits encoders of any
 dimension and scale.
 """
 
@@ -136,7 +137,7 @@ class ProbePredictor:
     def rank_many(self, vectors: np.ndarray) -> list[Ranking]:
         """Rankings for many queries. Shape of ``vectors``: (N, D)."""
         classes, probs = self.predict_proba(vectors)
-        return [Ranking.from_scores(dict(zip(classes, row.tolist())), predictor=self.name) for row in probs]
+        return [Ranking.from_scores(dict(zip(classes, row.tolist(), strict=True)), predictor=self.name) for row in probs]
 
     def rank(self, vector: np.ndarray) -> Ranking:
         """The ranking for one query. Shape of ``vector``: (D,)."""

@@ -24,7 +24,9 @@ def test_void_calls_and_emits_cannot_exhaust_the_singletons(qapp):
         emitter.setObjectName("x")
         emitter.fired.emit(1)
         timer.stop()
-    assert sys.getrefcount(None) > 0 and sys.getrefcount(True) > 0
+    # Reaching this line is the check (the unpatched interpreter aborts inside the loop); the counts
+    # must also not have fallen towards zero, which is how the abort comes about.
+    assert sys.getrefcount(None) > 1000 and sys.getrefcount(True) > 1000
 
 
 def test_the_loss_is_measured_not_assumed():

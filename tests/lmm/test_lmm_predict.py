@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lmm_helpers import grey
 from fake_openai_server import Reply, chat_reply
+from lmm_helpers import grey
 from PIL import Image
 
 from nmid_desktop.core.errors import LabelError
 from nmid_desktop.core.jobs import run_job
-from nmid_desktop.lmm.cost import BudgetExceeded
-from nmid_desktop.lmm.predict import LmmPredictor, predict_images, predict_one, predict_schema
+from nmid_desktop.lmm.predict import predict_images, predict_one, predict_schema
 
 CHAT = "/v1/chat/completions"
 CLASSES = ["crazing", "inclusion", "patches"]
@@ -100,29 +99,6 @@ def test_predict_schema_is_strict() -> None:
 def test_empty_taxonomy_is_refused(client, settings) -> None:
     with pytest.raises(LabelError):
         predict_one(client, DEMOS, grey((50, 50), 9), [], settings)
-
-
-# ----------------------------------------------------------------------------- predictor for evaluation
-
-def test_lmm_predictor_returns_a_ranking_or_nothing(server, client, settings, prices, tmp_path) -> None:
-    query = tmp_path / "q.png"
-    Image.fromarray(grey((60, 60), 4)).save(query)
-    predictor = LmmPredictor(settings, client=client, prices=prices)
-    server.script(CHAT, chat_reply(answer("inclusion", ["inclusion", "patches"], 0.6)))
-    ranking = predictor(DEMOS, query, CLASSES)
-    assert ranking[0] == ("inclusion", 0.6) and ranking[1][0] == "patches"
-    server.script(CHAT, chat_reply(None, refusal="no"))
-    assert predictor(DEMOS, grey((60, 60), 5), CLASSES) == []
-    assert predictor.last is not None and not predictor.last.valid
-    assert len(predictor.predictions) == 2 and predictor.spent_usd > 0
-
-
-def test_lmm_predictor_stops_at_the_budget(server, client, settings, prices) -> None:
-    settings.lmm.budget_usd = 0.0
-    predictor = LmmPredictor(settings, client=client, prices=prices)
-    with pytest.raises(BudgetExceeded):
-        predictor(DEMOS, grey((60, 60), 4), CLASSES)
-    assert server.calls(CHAT) == []
 
 
 # ----------------------------------------------------------------------------- batches through a classifier
