@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class ExactBuffer:
             known = np.fromiter((int(i) in self._row for i in ids), dtype=bool, count=len(ids))
             # Arrays are replaced, never mutated in place, so a concurrent search keeps its snapshot.
             current = self._vectors.copy() if known.any() else self._vectors
-            for image_id, vec in zip(ids[known].tolist(), vectors[known]):
+            for image_id, vec in zip(ids[known].tolist(), vectors[known], strict=True):
                 current[self._row[image_id]] = vec
             self._ids = np.concatenate([self._ids, ids[~known]])
             self._vectors = np.concatenate([current, vectors[~known]])
@@ -95,7 +96,7 @@ class ExactBuffer:
         with self._lock:
             return self._vectors[self._row[int(image_id)]].copy()
 
-    def search(self, query: np.ndarray, n: int, *, allowed: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, n: int, *, allowed: AbstractSet[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most similar buffered items, exactly.
 
         Args:

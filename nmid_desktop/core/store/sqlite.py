@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ _NO_PROV = dict.fromkeys(_PROV_KEYS)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _check_finite(value: float | None, what: str) -> float | None:
@@ -223,6 +223,13 @@ def _check_finite(value: float | None, what: str) -> float | None:
         raise LabelError(f"{what} must be a finite number, not {value}")
     return value
 
+
+
+def _rowid(cur: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just made (sqlite3 types it Optional; after an INSERT it is set)."""
+    if cur.lastrowid is None:
+        raise LibraryError("the database did not report the new row's id")
+    return int(cur.lastrowid)
 
 class SqliteStore(Store):
     """A library folder holding ``library.sqlite`` and ``images/``.
@@ -421,7 +428,7 @@ class SqliteStore(Store):
                 )
             except sqlite3.IntegrityError as exc:
                 raise LibraryError(f"{source}: cannot add image: {exc} (unknown source image {source_image_id}?)") from exc
-            return int(cur.lastrowid), True
+            return _rowid(cur), True
 
     @staticmethod
     def _check_crop(
@@ -580,7 +587,7 @@ class SqliteStore(Store):
         if row is not None:
             return int(row["id"])
         cur = self._q("INSERT INTO classes (name, created_at) VALUES (?, ?)", (name, _now()))
-        return int(cur.lastrowid)
+        return _rowid(cur)
 
     @staticmethod
     def _check_color(color: str) -> str:
@@ -609,7 +616,7 @@ class SqliteStore(Store):
                 (name, description or "", color, _now()),
             )
             self._bump()
-            return self._class_record(int(cur.lastrowid))
+            return self._class_record(_rowid(cur))
 
     def update_class(self, name: str, *, description: str | None = None, color: str | None = None) -> ClassRecord:
         with self.transaction():
@@ -698,7 +705,7 @@ class SqliteStore(Store):
                 prompt_version, confidence, at,
             ),
         )
-        return int(cur.lastrowid)
+        return _rowid(cur)
 
     def _apply(self, image_id: int, class_id: int | None, review: str, prov: dict[str, Any]) -> None:
         self._q(
@@ -945,7 +952,7 @@ class SqliteStore(Store):
                         int(p.tokens_in), int(p.tokens_out), float(p.cost_usd), p.at or _now(),
                     ),
                 )
-                return int(cur.lastrowid)
+                return _rowid(cur)
         except sqlite3.IntegrityError as exc:
             raise LibraryError(f"cannot store a prediction for image {p.image_id}: {exc}") from exc
 
@@ -990,7 +997,7 @@ class SqliteStore(Store):
                     "INSERT INTO descriptions (image_id, model, prompt_version, at) VALUES (?, ?, ?, ?)",
                     (int(d.image_id), d.model, d.prompt_version, d.at or _now()),
                 )
-                desc_id = int(cur.lastrowid)
+                desc_id = _rowid(cur)
                 self._conn().executemany(
                     "INSERT INTO description_rows (description_id, position, grp, question, answer) VALUES (?,?,?,?,?)",
                     ((desc_id, n, r.group, r.question, r.answer) for n, r in enumerate(d.rows)),
