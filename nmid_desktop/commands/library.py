@@ -68,7 +68,7 @@ def describe_library(store: Store) -> str:
     lines.append("label sources: " + (", ".join(f"{s} {n}" for s, n in sources.items() if n) or "none"))
     reviews = {r: store.count_images(ImageFilter(review=r)) for r in REVIEW_STATES}
     lines.append("review: " + ", ".join(f"{r} {n}" for r, n in reviews.items()))
-    keys = getattr(store, "embedding_keys", lambda: {})()
+    keys = getattr(store, "embedding_keys", dict)()
     if keys:
         lines.append("embeddings: " + ", ".join(f"{k} ({n})" for k, n in keys.items()))
     split = store.get_split()

@@ -104,7 +104,7 @@ def _targets(n: int, fractions: tuple[float, float, float]) -> dict[str, int]:
     order = sorted(range(3), key=lambda i: (-(exact[i] - counts[i]), i))
     for i in order[: n - sum(counts)]:
         counts[i] += 1
-    return dict(zip(SPLITS, counts))
+    return dict(zip(SPLITS, counts, strict=True))
 
 
 def assign_split(

@@ -74,7 +74,7 @@ def top_k_accuracy(true_labels: Sequence[str], rankings: Sequence[Ranking], k: i
         raise ValueError("one ranking per true label")
     if not true_labels:
         return 0.0
-    hits = sum(1 for t, r in zip(true_labels, rankings) if t in r.labels[:k])
+    hits = sum(1 for t, r in zip(true_labels, rankings, strict=True) if t in r.labels[:k])
     return hits / len(true_labels)
 
 
@@ -95,7 +95,7 @@ def compute_metrics(
     order += extra
     position = {c: i for i, c in enumerate(order)}
     confusion = np.zeros((len(order), len(order)), dtype=np.int64)
-    for t, p in zip(true_labels, predicted):
+    for t, p in zip(true_labels, predicted, strict=True):
         confusion[position[t], position[p]] += 1
     tp = np.diag(confusion).astype(np.float64)
     predicted_count = confusion.sum(axis=0).astype(np.float64)

@@ -70,7 +70,7 @@ def to_dict(result: EvaluationResult, *, per_image: bool = False) -> dict[str, A
         }
         if per_image:
             entry["predictions"] = [
-                {"image_id": i, "true": t, "predicted": p} for i, t, p in zip(r.image_ids, r.true_labels, r.predicted)
+                {"image_id": i, "true": t, "predicted": p} for i, t, p in zip(r.image_ids, r.true_labels, r.predicted, strict=True)
             ]
         configs.append(entry)
     best = result.best()

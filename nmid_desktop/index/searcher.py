@@ -218,7 +218,7 @@ class Searcher:
             if self._index is not None and len(self._index):
                 found.update(self._search_index(query, k, allowed, exclude))
             buf_ids, buf_sims = self.buffer.search(query, k + len(exclude), allowed=allowed)
-        for image_id, sim in zip(buf_ids.tolist(), buf_sims.tolist()):
+        for image_id, sim in zip(buf_ids.tolist(), buf_sims.tolist(), strict=True):
             if image_id not in exclude:
                 found[image_id] = sim  # the buffer is exact and newer: it wins a tie on the same id
         ranked = sorted(found.items(), key=lambda item: (-item[1], item[0]))[:k]
@@ -239,7 +239,7 @@ class Searcher:
             ids, sims = index.search(query, n, search_k=self.search_k)
             kept = {
                 int(i): float(s)
-                for i, s in zip(ids.tolist(), sims.tolist())
+                for i, s in zip(ids.tolist(), sims.tolist(), strict=True)
                 if i not in exclude and (allowed is None or i in allowed)
             }
             if len(kept) >= k or n >= len(index):

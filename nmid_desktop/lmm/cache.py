@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from nmid_desktop.core.paths import cache_dir
 from nmid_desktop.core.fileio import atomic_write_text
+from nmid_desktop.core.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

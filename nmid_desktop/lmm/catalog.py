@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from nmid_desktop.core.config import LmmSettings
@@ -52,7 +52,7 @@ def _parse_date(value: Any) -> date | None:
     if value in (None, ""):
         return None
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=timezone.utc).date()
+        return datetime.fromtimestamp(value, tz=UTC).date()
     text = str(value).strip()
     try:
         return date.fromisoformat(text[:10])
@@ -67,7 +67,7 @@ def model_info(entry: dict[str, Any]) -> ModelInfo:
     return ModelInfo(
         id=str(entry.get("id") or ""),
         owned_by=str(entry.get("owned_by") or ""),
-        created=datetime.fromtimestamp(created, tz=timezone.utc) if isinstance(created, (int, float)) and created > 0 else None,
+        created=datetime.fromtimestamp(created, tz=UTC) if isinstance(created, (int, float)) and created > 0 else None,
         shutdown_date=_parse_date(entry.get("shutdown_date")),
     )
 

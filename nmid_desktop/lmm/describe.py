@@ -24,8 +24,8 @@ from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store.base import DescriptionRecord, DescriptionRow, Store
 from nmid_desktop.lmm.client import LmmClient, require_endpoint
 from nmid_desktop.lmm.cost import CostEstimate, PriceTable, chat_cost, chat_estimate, check_budget
-from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.images import EncodedImage, ImageSource, encode_source, source_size
+from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.parsing import REASONING, parse_description
 from nmid_desktop.lmm.questions import PromptTemplate, QuestionSet, load_prompt, load_question_set
 

@@ -212,7 +212,7 @@ def ranking_from(
         weights += [0.5 ** len(ranked) / len(others)] * len(others)
     if confidence is None:
         total = sum(weights)
-        return [(name, w / total) for name, w in zip(names, weights)]
+        return [(name, w / total) for name, w in zip(names, weights, strict=True)]
     first = min(1.0, max(float(confidence), 1.0 / n))
     rest_w = weights[1:]
     rest = [(1.0 - first) * w / sum(rest_w) for w in rest_w]
@@ -224,7 +224,7 @@ def ranking_from(
             tail = sum(rest_w[i + 1 :])
             for j in range(i + 1, len(rest)):
                 rest[j] += excess * rest_w[j] / tail
-    return [(names[0], first)] + list(zip(names[1:], rest))
+    return [(names[0], first)] + list(zip(names[1:], rest, strict=True))
 
 
 _ANSWER_LINE = re.compile(r"^\s*(?:Q\s*)?(\d+)\s*[.\-]\s*(\d+)\s*[:.)\]]?\s+(.+?)\s*$", re.M)

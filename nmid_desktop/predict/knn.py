@@ -83,7 +83,7 @@ class KnnPredictor:
         all_classes = sorted(set(classes) | set(labels))
         probs = self.probabilities(labels, np.array([d.similarity for d in demonstrations]), all_classes)
         return Ranking.from_scores(
-            dict(zip(all_classes, probs.tolist())),
+            dict(zip(all_classes, probs.tolist(), strict=True)),
             predictor=self.name,
             demo_ids=[d.image_id for d in demonstrations],
         )

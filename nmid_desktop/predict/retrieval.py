@@ -128,7 +128,7 @@ def similar(
     exclude: Collection[int] = frozenset(int(i) for i in exclude_ids)
     if strategy == "similarity":
         ids, sims = searcher.search(query, k, exclude=exclude)
-        picked = [(int(i), float(s)) for i, s in zip(ids, sims) if int(i) in pool.labels]
+        picked = [(int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) in pool.labels]
     else:
         candidates = pool.ids
         if exclude:
@@ -139,7 +139,7 @@ def similar(
         chosen = generator.choice(candidates, size=min(k, len(candidates)), replace=False) if len(candidates) else []
         chosen = [int(i) for i in chosen]
         sims = searcher.similarity(query, chosen)
-        picked = list(zip(chosen, sims.tolist()))
+        picked = list(zip(chosen, sims.tolist(), strict=True))
     info = pool.details([i for i, _ in picked]) if pool.details is not None else {}
     return [
         Demonstration(

@@ -64,7 +64,7 @@ def open_window(
     Returns:
         The shown window.
     """
-    app = make_application()
+    make_application()
     try:
         settings = load_settings()
     except ConfigError as exc:

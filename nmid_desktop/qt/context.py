@@ -7,9 +7,9 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from nmid_desktop.core.config import Settings
-from nmid_desktop.workspace.engine import LibraryStatus
-from nmid_desktop.workspace.display import ThumbnailCache
 from nmid_desktop.qt.workers import JobManager
+from nmid_desktop.workspace.display import ThumbnailCache
+from nmid_desktop.workspace.engine import LibraryStatus
 
 ENGINE_LANE = "engine"  # the lane that owns the store and classifier (see qt/engine.py)
 

@@ -31,6 +31,10 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.core.images import SUPPORTED_SUFFIXES
 from nmid_desktop.core.jobs import Progress, mark_gui_thread
 from nmid_desktop.qt.context import ENGINE_LANE, AppContext
+from nmid_desktop.qt.widgets.classify_page import ClassifyPage
+from nmid_desktop.qt.widgets.status_bar import StatusBar
+from nmid_desktop.qt.workers import JobHandle, JobManager, freeze_heap
+from nmid_desktop.workspace.display import ImagePayload, ThumbnailCache, rescale
 from nmid_desktop.workspace.engine import (
     Engine,
     EngineRef,
@@ -41,10 +45,6 @@ from nmid_desktop.workspace.engine import (
     build_demo,
     open_engine,
 )
-from nmid_desktop.workspace.display import ImagePayload, ThumbnailCache, rescale
-from nmid_desktop.qt.workers import JobHandle, JobManager, freeze_heap
-from nmid_desktop.qt.widgets.classify_page import ClassifyPage
-from nmid_desktop.qt.widgets.status_bar import StatusBar
 
 log = logging.getLogger(__name__)
 

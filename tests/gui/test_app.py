@@ -10,8 +10,8 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from nmid_desktop.qt.app import run_app
-from nmid_desktop.workspace.library import resolve_library
 from nmid_desktop.qt.main_window import MainWindow
+from nmid_desktop.workspace.library import resolve_library
 
 
 def test_gui_command_imports_qt_only_when_run():

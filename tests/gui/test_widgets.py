@@ -8,10 +8,10 @@ from PySide6.QtGui import QImage, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from nmid_desktop.qt.imaging import format_length, nice_length, window_lut
-from nmid_desktop.workspace.display import histogram, make_thumbnail, rescale
 from nmid_desktop.qt.widgets.contrast import ContrastControl
 from nmid_desktop.qt.widgets.image_viewer import ImageViewer
 from nmid_desktop.qt.widgets.loss_curve import LossCurve, _ticks
+from nmid_desktop.workspace.display import histogram, make_thumbnail, rescale
 
 
 def test_viewer_zoom_pan_levels_and_crop(qtbot):

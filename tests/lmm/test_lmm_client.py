@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-from lmm_helpers import SECRET
 from fake_openai_server import Reply, chat_reply, error_reply
+from lmm_helpers import SECRET
 
 from nmid_desktop.core.config import LmmSettings
 from nmid_desktop.core.errors import Cancelled

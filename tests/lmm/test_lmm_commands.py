@@ -7,8 +7,8 @@ import io
 import json
 
 import pytest
-from lmm_helpers import SECRET
 from fake_openai_server import chat_reply
+from lmm_helpers import SECRET
 
 from nmid_desktop.commands import lmm as lmm_commands
 from nmid_desktop.core.config import save_settings

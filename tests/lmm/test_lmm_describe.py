@@ -7,8 +7,8 @@ import io
 import json
 
 import pytest
-from lmm_helpers import grey
 from fake_openai_server import chat_reply
+from lmm_helpers import grey
 from PIL import Image
 
 from nmid_desktop.core.errors import Cancelled

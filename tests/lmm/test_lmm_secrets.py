@@ -9,9 +9,9 @@ import traceback
 
 import keyring
 import pytest
-from lmm_helpers import SECRET
 from fake_openai_server import error_reply
 from keyring.backend import KeyringBackend
+from lmm_helpers import SECRET
 
 from nmid_desktop.core.errors import ConfigError
 from nmid_desktop.lmm import secrets

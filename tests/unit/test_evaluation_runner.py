@@ -121,7 +121,7 @@ def test_registered_predictor_gets_training_demonstrations_only(library) -> None
             assert qid not in train_ids
             assert len(demos) == queries.k and all(d.image_id in train_ids for d in demos)
         seen.append((queries.strategy, queries.k))
-        return [Ranking.from_scores({c: 1 / 3 for c in train.classes}, predictor="spy") for _ in queries.ids]
+        return [Ranking.from_scores(dict.fromkeys(train.classes, 1 / 3), predictor="spy") for _ in queries.ids]
 
     register_predictor(PredictorSpec("spy", spy, uses_demonstrations=True))
     try:

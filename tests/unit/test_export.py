@@ -104,7 +104,7 @@ def test_assign_split_is_seeded_stratified_and_keeps_existing() -> None:
     assert Counter(s for i, s in one.items() if i >= 70) == {"train": 21, "val": 4, "test": 5} or Counter(
         s for i, s in one.items() if i >= 70
     ) == {"train": 21, "val": 5, "test": 4}
-    existing = {i: "test" for i in range(20)}  # a skewed earlier test set stays as it is
+    existing = dict.fromkeys(range(20), "test")  # a skewed earlier test set stays as it is
     two, new = assign_split(images, existing, seed=0)
     assert new == 80 and all(two[i] == "test" for i in range(20))
     assert sum(1 for i in range(20, 70) if two[i] == "test") == 0
@@ -138,7 +138,7 @@ def test_synthetic_only_in_train_rejected_left_out_pending_optional(store, tmp_p
 
 def test_hostile_class_names_stay_inside_and_do_not_collide(store, tmp_path: Path) -> None:
     names = ["CON", "pores", "Pores", "a:b", "a?b", "trailing.", " x ", "nul.txt"]
-    _fill(store, tmp_path / "src", {name: 3 for name in names})
+    _fill(store, tmp_path / "src", dict.fromkeys(names, 3))
     out = tmp_path / "out"
     run_job(export_dataset(store, out, split=(1, 0, 0)))
     rows = _manifest(out)

@@ -21,10 +21,10 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.core.jobs import Progress
-from nmid_desktop.workspace.batch import BatchRow, BatchSummary, batch_job
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.models import BatchTableModel, ImageIdRole
 from nmid_desktop.qt.workers import JobHandle
+from nmid_desktop.workspace.batch import BatchRow, BatchSummary, batch_job
 
 
 class BatchPanel(QWidget):

@@ -14,11 +14,11 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.qt.imaging import format_length
-from nmid_desktop.workspace.display import ImagePayload
 from nmid_desktop.qt.widgets.contrast import ContrastControl
 from nmid_desktop.qt.widgets.demonstrations import DemonstrationsGrid
 from nmid_desktop.qt.widgets.image_viewer import ImageViewer
 from nmid_desktop.qt.widgets.prediction_card import PredictionCard
+from nmid_desktop.workspace.display import ImagePayload
 
 
 class ClassifyPage(QWidget):

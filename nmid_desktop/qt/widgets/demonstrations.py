@@ -17,8 +17,8 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.qt.imaging import SOURCE_NAMES, class_color, gray_pixmap
-from nmid_desktop.workspace.display import DemoTile
 from nmid_desktop.qt.widgets.flow_layout import FlowLayout
+from nmid_desktop.workspace.display import DemoTile
 
 TILE_THUMB = 148
 

@@ -16,10 +16,9 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.qt.context import AppContext
+from nmid_desktop.qt.workers import JobHandle
 from nmid_desktop.workspace.engine import QueryResult
 from nmid_desktop.workspace.model_tasks import DescriptionView, describe_job, stored_description
-from nmid_desktop.qt.workers import JobHandle
-
 
 
 class DescriptionTab(QWidget):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer
@@ -19,13 +18,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from nmid_desktop.core.store import ImageFilter, ImageRecord, Store, open_library
+from nmid_desktop.core.store import Store, open_library
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.imaging import class_color
 from nmid_desktop.qt.models import ImageIdRole, LibraryModel
+from nmid_desktop.qt.workers import JobHandle, freeze_heap
 from nmid_desktop.workspace.browse import ORDERS, SOURCES, BrowserQuery, BrowserRow, fetch_rows
 from nmid_desktop.workspace.display import ThumbnailQueue, thumbnail_loader
-from nmid_desktop.qt.workers import JobHandle, freeze_heap
 
 log = logging.getLogger(__name__)
 

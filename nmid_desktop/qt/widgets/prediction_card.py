@@ -19,8 +19,8 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.qt.imaging import SOURCE_NAMES, class_color
-from nmid_desktop.workspace.display import ModelAnswer
 from nmid_desktop.qt.widgets.flow_layout import FlowLayout
+from nmid_desktop.workspace.display import ModelAnswer
 
 SHOWN_CLASSES = 5
 NUMBERED_CLASSES = 9

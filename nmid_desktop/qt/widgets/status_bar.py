@@ -8,8 +8,8 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QLabel, QProgressBar, QSizePolicy, QStatusBar, QToolButton, QWidget
 
 from nmid_desktop.core.jobs import Progress
-from nmid_desktop.workspace.engine import LibraryStatus
 from nmid_desktop.qt.workers import JobHandle, JobManager
+from nmid_desktop.workspace.engine import LibraryStatus
 
 # Background chatter that should not take over the progress indicator.
 QUIET_KINDS = {"thumbnails", "status", "browser-query", "contrast", "query"}

@@ -15,11 +15,11 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.qt.context import ENGINE_LANE, AppContext
-from nmid_desktop.workspace.engine import QueryResult
 from nmid_desktop.qt.imaging import gray_pixmap
-from nmid_desktop.workspace.model_tasks import SyntheticItem, synthesize_job, synthetic_for
 from nmid_desktop.qt.widgets.flow_layout import FlowLayout
 from nmid_desktop.qt.workers import JobHandle
+from nmid_desktop.workspace.engine import QueryResult
+from nmid_desktop.workspace.model_tasks import SyntheticItem, synthesize_job, synthetic_for
 
 THUMB = 180
 

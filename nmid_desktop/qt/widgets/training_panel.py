@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Signal
@@ -22,11 +21,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from nmid_desktop.core.jobs import CancelToken, Progress
+from nmid_desktop.core.jobs import Progress
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.widgets.loss_curve import LossCurve
 from nmid_desktop.qt.workers import JobHandle
 from nmid_desktop.workspace.training import PRESETS, TrainingRequest, training_job
+
 
 def format_seconds(seconds: float | None) -> str:
     """``1 h 02 min``, ``3 min 20 s`` or ``12 s``."""
