@@ -187,6 +187,14 @@ class MainWindow(QMainWindow):
             shortcut = QShortcut(QKeySequence(str(number)), self)
             shortcut.activated.connect(lambda n=number: self._on_number_key(n))
             self._digit_shortcuts.append(shortcut)
+        # They label the image on the Classify page only: on another tab Enter belongs to its fields
+        # (the Batch tab's folder field starts the batch with it).
+        self.tabs.currentChanged.connect(self._on_tabs_current_changed)
+
+    def _on_tabs_current_changed(self, _index: int) -> None:
+        on_page = self.tabs.currentWidget() is self.page
+        for shortcut in self._enter_shortcuts + self._digit_shortcuts:
+            shortcut.setEnabled(on_page)
 
     def _build_panels(self) -> None:
         """Pages and side tabs that need the context (imported here to keep this module small)."""

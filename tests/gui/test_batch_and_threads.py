@@ -88,3 +88,31 @@ def test_batch_rebuild_and_training_run_off_the_gui_thread(make_window, library:
     assert window.training.curve.series["train"], "the loss curve got no epoch"
     assert window.training.device_label.text() == "CPU"
     assert window.last_error is None
+
+
+def test_classify_folder_button_and_enter_in_the_field_run_the_batch(make_window, library: Path, query_images, qtbot, tmp_path):
+    """As a user does it: type the folder, press the button; then again with Enter in the field."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    window = make_window(library)
+    folder = tmp_path / "typed"
+    folder.mkdir()
+    for label in ("particles", "fibres"):
+        path = query_images[label][0]
+        (folder / path.name).write_bytes(path.read_bytes())
+    panel = window.batch
+    window.tabs.setCurrentWidget(panel)
+    QTest.keyClicks(panel.folder_edit, str(folder))
+    qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    assert panel.handle is not None, panel.message.text()
+    qtbot.waitUntil(lambda: not panel.handle.running, timeout=TIMEOUT_MS)
+    assert panel.handle.outcome == "finished", panel.message.text()
+    assert panel.folder_edit.text() == str(folder)
+    assert panel.model.rowCount() == 2 and "2 images classified" in panel.message.text()
+    first = panel.handle
+    panel.folder_edit.setFocus()
+    QTest.keyClick(panel.folder_edit, Qt.Key.Key_Return)
+    assert panel.handle is not first
+    qtbot.waitUntil(lambda: not panel.handle.running, timeout=TIMEOUT_MS)
+    assert panel.handle.outcome == "finished" and panel.model.rowCount() == 2

@@ -256,3 +256,45 @@ def test_switching_library_reopens_engine_and_browser(make_window, library: Path
     window.tabs.setCurrentWidget(window.browser)
     qtbot.waitUntil(lambda: any(r.label == "relabelled-elsewhere" for r in window.browser.model.rows()),
                     timeout=TIMEOUT_MS)
+
+
+def test_model_batch_after_the_estimate_can_be_cancelled(
+    make_window, library: Path, model_settings, fake_endpoint, query_images, qtbot, tmp_path, monkeypatch
+):
+    """Yes on the estimate starts the paid batch; its Cancel is enabled and Start is not while it runs."""
+    import threading
+
+    from fake_openai_server import chat_reply
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QMessageBox
+
+    release = threading.Event()
+
+    def slow_answer(req):  # noqa: ANN001, ANN202
+        release.wait(30)
+        return chat_reply(prediction("particles", 0.7, ["particles"]))
+
+    fake_endpoint.chat_default = slow_answer
+    window = make_window(library, model_settings)
+    qtbot.waitUntil(lambda: window.ctx.endpoint_ok, timeout=TIMEOUT_MS)
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for label in ("particles", "fibres"):
+        path = query_images[label][1]
+        (folder / path.name).write_bytes(path.read_bytes())
+    panel = window.batch
+    window.tabs.setCurrentWidget(panel)
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)  # the user says Yes
+    panel.model_check.setChecked(True)
+    panel.folder_edit.setText(str(folder))
+    qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(fake_endpoint.calls(CHAT)) >= 1, timeout=TIMEOUT_MS)
+    qtbot.wait(200)
+    try:
+        assert panel.handle is not None and panel.handle.running
+        assert panel.cancel_button.isEnabled() and not panel.start_button.isEnabled()
+        qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    finally:
+        release.set()
+    qtbot.waitUntil(lambda: not panel.handle.running, timeout=TIMEOUT_MS)
+    assert panel.start_button.isEnabled() and not panel.cancel_button.isEnabled()

@@ -49,7 +49,9 @@ class BatchPanel(QWidget):
         self.label_check.setChecked(True)
         self.start_button = QPushButton("Classify folder", self)
         self.start_button.setObjectName("primary")
-        self.start_button.clicked.connect(self.start)
+        # clicked(bool) must not reach start(folder): the checked flag once replaced the folder with False.
+        self.start_button.clicked.connect(self._on_start_button_clicked)
+        self.folder_edit.returnPressed.connect(self._on_start_button_clicked)
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setObjectName("danger")
         self.cancel_button.setEnabled(False)
@@ -96,6 +98,11 @@ class BatchPanel(QWidget):
             self.model_check.setChecked(False)
 
     # -- running ------------------------------------------------------------------------------------
+    def _on_start_button_clicked(self) -> None:
+        if self.handle is not None and self.handle.running:
+            return  # one batch at a time: the running one has Cancel
+        self.start()
+
     def start(self, folder: Path | None = None) -> JobHandle | None:
         """Start the batch; with the model on, an estimate comes first and must be confirmed."""
         if folder is not None:
@@ -116,17 +123,19 @@ class BatchPanel(QWidget):
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)
         self.message.setText("Estimating the cost…" if estimate_only else "Classifying…")
-        self.handle = self.ctx.jobs.start(
+        handle = self.handle = self.ctx.jobs.start(
             "batch",
             lambda token: batch_job(library, settings, folder, token, use_model=use_model, write_labels=write,
                                     estimate_only=estimate_only, encoder=encoder),
         )
-        self.handle.progress_changed.connect(self._on_progress)
-        self.handle.finished.connect(lambda summary: self._on_finished(folder, summary))
-        self.handle.failed.connect(lambda msg: self.message.setText(f"<span style='color:#f28b82'>{msg}</span>"))
-        self.handle.cancelled.connect(self._on_cancelled)
-        self.handle.ended.connect(self._on_ended)
-        return self.handle
+        handle.progress_changed.connect(self._on_progress)
+        handle.finished.connect(lambda summary: self._on_finished(folder, summary))
+        handle.failed.connect(lambda msg: self.message.setText(f"<span style='color:#f28b82'>{msg}</span>"))
+        handle.cancelled.connect(self._on_cancelled)
+        # The estimate's job ends after its finished slot has started the model batch: only the
+        # current batch's end may re-enable Start and disable Cancel.
+        handle.ended.connect(lambda: self._on_ended(handle))
+        return handle
 
     def cancel(self) -> None:
         """Stop the batch at its next image or call; finished results are kept."""
@@ -182,7 +191,9 @@ class BatchPanel(QWidget):
         self.ctx.labels_changed.emit()
         self.ctx.status_refresh_requested.emit()
 
-    def _on_ended(self) -> None:
+    def _on_ended(self, handle: JobHandle) -> None:
+        if handle is not self.handle:
+            return
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress.maximum() == 0:
