@@ -28,6 +28,7 @@ from nmid_desktop.core.store.base import Store
 from nmid_desktop.evaluation import splits
 from nmid_desktop.evaluation.metrics import Metrics, compute_metrics
 from nmid_desktop.index.searcher import Searcher
+from nmid_desktop.predict.calibration import calibrate_ranking, expected_calibration_error, fit_calibration
 from nmid_desktop.predict.knn import KnnPredictor
 from nmid_desktop.predict.probe import ProbePredictor
 from nmid_desktop.predict.ranking import Ranking
@@ -180,6 +181,25 @@ class ConfigResult:
     true_labels: list[str] = field(default_factory=list)
     predicted: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    confidences: list[float] = field(default_factory=list)
+    calibrated_confidences: list[float] | None = None  # None: the predictor has no calibration
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error of the raw top-1 confidences (15 bins)."""
+        return expected_calibration_error(self.confidences, self.correct)
+
+    @property
+    def ece_calibrated(self) -> float | None:
+        """ECE after calibration on the training part's out-of-fold predictions, or None."""
+        if self.calibrated_confidences is None:
+            return None
+        return expected_calibration_error(self.calibrated_confidences, self.correct)
+
+    @property
+    def correct(self) -> list[bool]:
+        """Whether each top-1 prediction was right."""
+        return [t == p for t, p in zip(self.true_labels, self.predicted)]
 
 
 @dataclass
@@ -405,6 +425,11 @@ def evaluate(
                     got.ids += test_ids.tolist()
                     got.true += test_true
                     got.rankings += rankings
+                    calibrated = _calibrated(spec.name, strategy, k, train, rankings)
+                    if calibrated is None:
+                        got.uncalibrated = True
+                    else:
+                        got.calibrated += calibrated
                     got.seconds += time.perf_counter() - t1
                     yield Progress(len(collected), 0, f"{key.label} (fold {fold + 1}/{len(masks)})")
 
@@ -417,6 +442,8 @@ def evaluate(
                 true_labels=got.true,
                 predicted=[r.top1 for r in got.rankings],
                 seconds=got.seconds,
+                confidences=[r.confidence for r in got.rankings],
+                calibrated_confidences=None if got.uncalibrated else [r.confidence for r in got.calibrated],
             )
         )
     timings["total"] = time.perf_counter() - started
@@ -428,7 +455,28 @@ class _Collected:
     ids: list[int] = field(default_factory=list)
     true: list[str] = field(default_factory=list)
     rankings: list[Ranking] = field(default_factory=list)
+    calibrated: list[Ranking] = field(default_factory=list)
+    uncalibrated: bool = False
     seconds: float = 0.0
+
+
+def _calibrated(
+    predictor: str, strategy: str | None, k: int | None, train: TrainData, rankings: Sequence[Ranking]
+) -> list[Ranking] | None:
+    """The rankings calibrated as the window calibrates them, fitted on the training part only.
+
+    Only the local predictors as the window runs them (kNN over similarity-retrieved
+    demonstrations, the probe) have a calibration; others give None.
+    """
+    window_knn = predictor == "knn" and strategy == "similarity" and bool(k)
+    if not (window_knn or predictor == "logreg"):
+        return None
+    try:
+        cal = fit_calibration(predictor, train.ids, train.vectors, train.labels,
+                              encoder_key=train.encoder_key, k=k or 5, seed=train.seed)
+    except LabelError:
+        return None
+    return [calibrate_ranking(r, cal) for r in rankings]
 
 
 def _train_data(

@@ -257,8 +257,12 @@ def test_command_evaluate_writes_table_json_and_figure(store, capsys: pytest.Cap
     assert code == 0
     out = capsys.readouterr().out
     assert "efficientnet-lite0-imagenet" in out and "macroF1" in out and "best:" in out
+    assert "ECE" in out and "ECEcal" in out
     data = json.loads((tmp_path / "e.json").read_text())
     assert len(data["configurations"]) == 5 and data["n_test"] == 5 * PER_CLASS
+    knn_sim = [c for c in data["configurations"] if c["predictor"] == "knn" and c["strategy"] == "similarity"]
+    assert all(0 <= c["ece"] <= 1 and c["ece_calibrated"] is not None for c in knn_sim)
+    assert all(c["ece_calibrated"] is None for c in data["configurations"] if c["strategy"] == "random")
     assert (tmp_path / "e.png").stat().st_size > 10_000
 
 
@@ -277,3 +281,4 @@ def test_view_averaged_encoder_is_invariant_and_cached_apart(encoder) -> None:
     x, y = flips.embed([image, image[::-1, ::-1].copy()])
     np.testing.assert_allclose(x, y, atol=1e-5)
     assert np.linalg.norm(b) == pytest.approx(1.0, abs=1e-5)
+
