@@ -208,9 +208,11 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 vector = clf.embed_file(path)
                 own = clf.library_image(path)
                 exclude = [own.id] if own is not None and own.label is not None else []
-                ranking = clf.predict_local(vector, local, args.k, exclude_ids=exclude)
+                assessment = clf.assess(vector, local, args.k, exclude_ids=exclude)
+                ranking = assessment.ranking  # calibrated on the library (predict/calibration.py)
                 note = " (itself left out)" if exclude and local == "knn" else ""
                 print(f"{path}: {ranking.top1} ({local}{note}): {_ranking_text(list(ranking.items))}")
+                print(f"  {assessment.novelty.text} (novelty {assessment.novelty.score:.2f})")
                 if args.save:
                     store.add_prediction(ranking.to_prediction(ids[path], model=clf.encoder.key))
         if predictor in ("lmm", "both"):

@@ -240,7 +240,9 @@ def test_commands_index_similar_classify(store, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert out.startswith(f"{query}: ") and "(knn (itself left out))" in out
     printed = out.split(": ")[1].split(" (")[0]
-    assert len(out.split("): ")[1].split(", ")) == 5  # the top 5 of the ranking, with probabilities
+    first, novelty = out.splitlines()[:2]
+    assert len(first.split("): ")[1].split(", ")) == 5  # the top 5 of the ranking, with probabilities
+    assert "like your library: nearest " in novelty and ", typical " in novelty and "(novelty " in novelty
     saved = store.predictions(record.id)
     assert saved and saved[0].predictor == "knn" and saved[0].label == printed
     assert record.id not in saved[0].demo_ids and len(saved[0].ranking) == 5
