@@ -83,7 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", nargs="+", choices=("similarity", "random"), default=["similarity", "random"])
     p.add_argument("-k", nargs="+", type=int, default=list(DEFAULT_KS), metavar="K", help="default: 1 3 5 10")
     p.add_argument("--split", choices=SPLITS, default="hard", help="test split (default: hard)")
-    p.add_argument("--folds", type=int, default=5, help="folds for --split kfold (default 5)")
+    p.add_argument("--folds", type=int, default=5, help="folds for --split kfold / group-kfold (default 5)")
+    p.add_argument("--groups", metavar="FIELD", default=None,
+                   help="--split group-kfold: keep each specimen/session together; groups from folder:N (the "
+                   "N-th folder above the file), name:REGEX (first group of a file-name pattern) or "
+                   "manifest:CSV:COLUMN")
     p.add_argument("--test-fraction", type=float, default=0.1, help="hard split: test share per class (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic", action="store_true", help="add accepted synthetic images to the training parts")
@@ -266,6 +270,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             include_synthetic=args.synthetic,
             save_split=args.save_split,
+            groups=args.groups,
         )
         if len(store.labelled(include_pending=False)) < 2:
             raise LabelError("the library needs accepted labels to evaluate on")

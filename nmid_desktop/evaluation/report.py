@@ -46,7 +46,7 @@ def format_table(result: EvaluationResult) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     split = result.split + (f" ({result.test_fraction:.0%} hardest per class)" if result.split == "hard" else "")
-    if result.split == "kfold":
+    if result.split in ("kfold", "group-kfold"):
         split += f" ({result.n_folds} folds, pooled)"
     head = [
         f"split: {split}; {result.n_images} labelled images, {result.n_test} tested, "

@@ -35,7 +35,7 @@ from nmid_desktop.predict.ranking import Ranking
 from nmid_desktop.predict.retrieval import STRATEGIES, Demonstration, DemoPool, similar
 
 DEFAULT_KS = (1, 3, 5, 10)
-SPLITS = ("hard", "kfold", "stored")
+SPLITS = ("hard", "kfold", "group-kfold", "stored")
 
 
 @dataclass(frozen=True)
@@ -261,6 +261,7 @@ class EvalOptions:
     include_synthetic: bool = False
     save_split: bool = False
     batch_size: int = 64
+    groups: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first invalid option."""
@@ -278,6 +279,8 @@ class EvalOptions:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError("test fraction must be between 0 and 1")
+        if self.split == "group-kfold" and not self.groups:
+            raise ConfigError("--split group-kfold needs --groups (folder:N, name:REGEX or manifest:CSV:COLUMN)")
 
 
 EncoderLoader = Callable[[str], Any]  # name -> Encoder (name, key, dim, embed)
@@ -302,6 +305,9 @@ def _default_embedder(store: Store, encoder: Any, ids: Sequence[int]) -> Job[tup
 def _test_masks(store: Store, ids: np.ndarray, labels: list[str], opts: EvalOptions) -> Job[list[np.ndarray]]:
     if opts.split == "kfold":
         return splits.stratified_folds(labels, opts.folds, seed=opts.seed)
+    if opts.split == "group-kfold":
+        groups = splits.image_groups(store, ids.tolist(), opts.groups or "")
+        return splits.group_folds(labels, groups, opts.folds, seed=opts.seed)
     if opts.split == "stored":
         stored = store.get_split()
         mask = np.array([stored.get(int(i)) == "test" for i in ids], dtype=bool)
