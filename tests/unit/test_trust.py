@@ -180,7 +180,8 @@ def test_image_groups_from_folder_name_and_manifest(tmp_path) -> None:
             folder = tmp_path / "data" / specimen / cls
             folder.mkdir(parents=True)
             for n in range(2):
-                Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{specimen}_{cls}{n}.png")
+                pixels = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{specimen}_{cls}{n}.png")
     with open_library(tmp_path / "lib") as store:
         for specimen in ("S1", "S2"):
             run_job(import_folder(store, tmp_path / "data" / specimen))
