@@ -84,7 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", nargs="+", choices=("similarity", "random"), default=["similarity", "random"])
     p.add_argument("-k", nargs="+", type=int, default=list(DEFAULT_KS), metavar="K", help="default: 1 3 5 10")
     p.add_argument("--split", choices=SPLITS, default="hard", help="test split (default: hard)")
-    p.add_argument("--folds", type=int, default=5, help="folds for --split kfold (default 5)")
+    p.add_argument("--folds", type=int, default=5, help="folds for --split kfold / group-kfold (default 5)")
+    p.add_argument("--groups", metavar="FIELD", default=None,
+                   help="--split group-kfold: keep each specimen/session together; groups from folder:N (the "
+                   "N-th folder above the file), name:REGEX (first group of a file-name pattern) or "
+                   "manifest:CSV:COLUMN")
     p.add_argument("--test-fraction", type=float, default=0.1, help="hard split: test share per class (default 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic", action="store_true", help="add accepted synthetic images to the training parts")
@@ -209,9 +213,11 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 vector = clf.embed_file(path)
                 own = clf.library_image(path)
                 exclude = [own.id] if own is not None and own.label is not None else []
-                ranking = clf.predict_local(vector, local, args.k, exclude_ids=exclude)
+                assessment = clf.assess(vector, local, args.k, exclude_ids=exclude)
+                ranking = assessment.ranking  # calibrated on the library (predict/calibration.py)
                 note = " (itself left out)" if exclude and local == "knn" else ""
                 print(f"{path}: {ranking.top1} ({local}{note}): {_ranking_text(list(ranking.items))}")
+                print(f"  {assessment.novelty.text} (novelty {assessment.novelty.score:.2f})")
                 if args.save:
                     store.add_prediction(ranking.to_prediction(ids[path], model=clf.encoder.key))
         if predictor in ("lmm", "both"):
@@ -265,6 +271,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             include_synthetic=args.synthetic,
             save_split=args.save_split,
+            groups=args.groups,
         )
         if len(store.labelled(include_pending=False)) < 2:
             raise LabelError("the library needs accepted labels to evaluate on")

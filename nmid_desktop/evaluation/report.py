@@ -9,7 +9,7 @@ from typing import Any
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.evaluation.runner import ConfigResult, EvaluationResult
 
-_COLUMNS = ("encoder", "predictor", "strategy", "K", "top1", "top2", "top3", "top5", "macroF1")
+_COLUMNS = ("encoder", "predictor", "strategy", "K", "top1", "top2", "top3", "top5", "macroF1", "ECE", "ECEcal")
 
 
 def _row(r: ConfigResult) -> list[str]:
@@ -21,6 +21,8 @@ def _row(r: ConfigResult) -> list[str]:
         str(r.config.k) if r.config.k else "all",
         *(f"{top[k]:.4f}" if k in top else "" for k in (1, 2, 3, 5)),
         f"{r.metrics.macro_f1:.4f}",
+        f"{r.ece:.4f}",
+        "-" if r.ece_calibrated is None else f"{r.ece_calibrated:.4f}",
     ]
 
 
@@ -36,7 +38,7 @@ def format_table(result: EvaluationResult) -> str:
     """A fixed-width table, one row per configuration, with a header and the best row named."""
     rows = [list(_COLUMNS)] + [_row(r) for r in sorted_results(result)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    numeric = {3, 4, 5, 6, 7, 8}
+    numeric = {3, 4, 5, 6, 7, 8, 9, 10}
     lines = []
     for n, row in enumerate(rows):
         cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)]
@@ -44,7 +46,7 @@ def format_table(result: EvaluationResult) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     split = result.split + (f" ({result.test_fraction:.0%} hardest per class)" if result.split == "hard" else "")
-    if result.split == "kfold":
+    if result.split in ("kfold", "group-kfold"):
         split += f" ({result.n_folds} folds, pooled)"
     head = [
         f"split: {split}; {result.n_images} labelled images, {result.n_test} tested, "
@@ -52,6 +54,8 @@ def format_table(result: EvaluationResult) -> str:
     ]
     best = result.best()
     tail = [f"best: {best.config.label}: top-1 {best.metrics.top1:.4f}, macro-F1 {best.metrics.macro_f1:.4f}"]
+    tail.append("ECE: expected calibration error of top-1 confidence (15 bins); ECEcal: after temperature "
+                "scaling fitted on each training part's out-of-fold predictions, as the window calibrates")
     tail += [f"note: {note}" for note in result.notes]
     return "\n".join(head + lines + tail)
 
@@ -66,6 +70,8 @@ def to_dict(result: EvaluationResult, *, per_image: bool = False) -> dict[str, A
             "strategy": r.config.strategy,
             "k": r.config.k,
             "seconds": round(r.seconds, 4),
+            "ece": round(r.ece, 5),
+            "ece_calibrated": None if r.ece_calibrated is None else round(r.ece_calibrated, 5),
             **r.metrics.to_dict(),
         }
         if per_image:
@@ -114,7 +120,7 @@ def write_figure(result: EvaluationResult, path: Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax_k, ax_cm) = plt.subplots(1, 2, figsize=(13, 6.5), gridspec_kw={"width_ratios": [1.25, 1]})
+    fig, (ax_k, ax_cm, ax_rel) = plt.subplots(1, 3, figsize=(19, 6.5), gridspec_kw={"width_ratios": [1.25, 1, 1]})
     series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     flat: list[tuple[str, float]] = []
     for r in result.results:
@@ -153,7 +159,41 @@ def write_figure(result: EvaluationResult, path: Path) -> Path:
                 ax_cm.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
                            color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax_cm.set_title(f"best: {best.config.label}\ntop-1 {best.metrics.top1:.3f}", fontsize=9)
+    _reliability(ax_rel, window_config(result))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def window_config(result: EvaluationResult, k: int = 5) -> ConfigResult:
+    """The configuration the window shows (kNN over K similar demonstrations), else the best one."""
+    knn = [r for r in result.results if r.config.predictor == "knn" and r.config.strategy == "similarity"
+           and r.calibrated_confidences is not None]
+    if not knn:
+        return result.best()
+    return min(knn, key=lambda r: (abs((r.config.k or 0) - k), r.config.k or 0))
+
+
+def _reliability(ax: Any, r: ConfigResult) -> None:
+    """A reliability diagram: accuracy per confidence bin, raw and calibrated, against the diagonal."""
+    from nmid_desktop.predict.calibration import reliability_bins
+
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    series = [("raw", r.confidences, r.ece, "tab:red")]
+    if r.calibrated_confidences is not None and r.ece_calibrated is not None:
+        series.append(("calibrated", r.calibrated_confidences, r.ece_calibrated, "tab:blue"))
+    for name, conf, ece, color in series:
+        bins = [b for b in reliability_bins(conf, r.correct) if b.count]
+        ax.plot([b.confidence for b in bins], [b.accuracy for b in bins], "-o", color=color,
+                label=f"{name} (ECE {ece:.3f})")
+        for b in bins:
+            ax.annotate(str(b.count), (b.confidence, b.accuracy), fontsize=6, color=color,
+                        textcoords="offset points", xytext=(3, -8))
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("top-1 confidence (bin mean; numbers: images)")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_title(f"reliability: {r.config.label}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")

@@ -29,13 +29,14 @@ from nmid_desktop.core.store.base import Store
 from nmid_desktop.evaluation import splits
 from nmid_desktop.evaluation.metrics import Metrics, compute_metrics
 from nmid_desktop.index.searcher import Searcher
+from nmid_desktop.predict.calibration import calibrate_ranking, expected_calibration_error, fit_calibration
 from nmid_desktop.predict.knn import KnnPredictor
 from nmid_desktop.predict.probe import ProbePredictor
 from nmid_desktop.predict.ranking import Ranking
 from nmid_desktop.predict.retrieval import STRATEGIES, Demonstration, DemoPool, similar
 
 DEFAULT_KS = (1, 3, 5, 10)
-SPLITS = ("hard", "kfold", "stored")
+SPLITS = ("hard", "kfold", "group-kfold", "stored")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,25 @@ class ConfigResult:
     true_labels: list[str] = field(default_factory=list)
     predicted: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    confidences: list[float] = field(default_factory=list)
+    calibrated_confidences: list[float] | None = None  # None: the predictor has no calibration
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error of the raw top-1 confidences (15 bins)."""
+        return expected_calibration_error(self.confidences, self.correct)
+
+    @property
+    def ece_calibrated(self) -> float | None:
+        """ECE after calibration on the training part's out-of-fold predictions, or None."""
+        if self.calibrated_confidences is None:
+            return None
+        return expected_calibration_error(self.calibrated_confidences, self.correct)
+
+    @property
+    def correct(self) -> list[bool]:
+        """Whether each top-1 prediction was right."""
+        return [t == p for t, p in zip(self.true_labels, self.predicted)]
 
 
 @dataclass
@@ -217,6 +237,7 @@ class EvalOptions:
     include_synthetic: bool = False
     save_split: bool = False
     batch_size: int = 64
+    groups: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first invalid option."""
@@ -234,6 +255,8 @@ class EvalOptions:
             raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {self.split!r}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError("test fraction must be between 0 and 1")
+        if self.split == "group-kfold" and not self.groups:
+            raise ConfigError("--split group-kfold needs --groups (folder:N, name:REGEX or manifest:CSV:COLUMN)")
 
 
 EncoderLoader = Callable[[str], Any]  # name -> Encoder (name, key, dim, embed)
@@ -258,6 +281,9 @@ def _default_embedder(store: Store, encoder: Any, ids: Sequence[int]) -> Job[tup
 def _test_masks(store: Store, ids: np.ndarray, labels: list[str], opts: EvalOptions) -> Job[list[np.ndarray]]:
     if opts.split == "kfold":
         return splits.stratified_folds(labels, opts.folds, seed=opts.seed)
+    if opts.split == "group-kfold":
+        groups = splits.image_groups(store, ids.tolist(), opts.groups or "")
+        return splits.group_folds(labels, groups, opts.folds, seed=opts.seed)
     if opts.split == "stored":
         stored = store.get_split()
         mask = np.array([stored.get(int(i)) == "test" for i in ids], dtype=bool)
@@ -381,6 +407,11 @@ def evaluate(
                     got.ids += test_ids.tolist()
                     got.true += test_true
                     got.rankings += rankings
+                    calibrated = _calibrated(spec.name, strategy, k, train, rankings)
+                    if calibrated is None:
+                        got.uncalibrated = True
+                    else:
+                        got.calibrated += calibrated
                     got.seconds += time.perf_counter() - t1
                     yield Progress(len(collected), 0, f"{key.label} (fold {fold + 1}/{len(masks)})")
 
@@ -393,6 +424,8 @@ def evaluate(
                 true_labels=got.true,
                 predicted=[r.top1 for r in got.rankings],
                 seconds=got.seconds,
+                confidences=[r.confidence for r in got.rankings],
+                calibrated_confidences=None if got.uncalibrated else [r.confidence for r in got.calibrated],
             )
         )
     timings["total"] = time.perf_counter() - started
@@ -404,7 +437,28 @@ class _Collected:
     ids: list[int] = field(default_factory=list)
     true: list[str] = field(default_factory=list)
     rankings: list[Ranking] = field(default_factory=list)
+    calibrated: list[Ranking] = field(default_factory=list)
+    uncalibrated: bool = False
     seconds: float = 0.0
+
+
+def _calibrated(
+    predictor: str, strategy: str | None, k: int | None, train: TrainData, rankings: Sequence[Ranking]
+) -> list[Ranking] | None:
+    """The rankings calibrated as the window calibrates them, fitted on the training part only.
+
+    Only the local predictors as the window runs them (kNN over similarity-retrieved
+    demonstrations, the probe) have a calibration; others give None.
+    """
+    window_knn = predictor == "knn" and strategy == "similarity" and bool(k)
+    if not (window_knn or predictor == "logreg"):
+        return None
+    try:
+        cal = fit_calibration(predictor, train.ids, train.vectors, train.labels,
+                              encoder_key=train.encoder_key, k=k or 5, seed=train.seed)
+    except LabelError:
+        return None
+    return [calibrate_ranking(r, cal) for r in rankings]
 
 
 def _train_data(

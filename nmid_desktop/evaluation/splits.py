@@ -20,6 +20,7 @@ is our reading of the paper's description; all randomness is seeded.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import PurePath
 
 import numpy as np
 
@@ -164,4 +165,118 @@ def pixel_features(store: Store, image_ids: Sequence[int], *, size: int = PIXEL_
         out[n] = np.asarray(small, dtype=np.float32).reshape(-1)
         if n % 50 == 0 or n == len(ids) - 1:
             yield Progress(n + 1, len(ids), "reading pixels for the hard split")
+    return out
+
+
+def group_folds(labels: Sequence[str], groups: Sequence[str], n_folds: int = 5, *, seed: int = 0) -> list[np.ndarray]:
+    """Stratified group k-fold test masks: all images of one group fall in the same fold.
+
+    Neighbouring frames of one specimen or session in both the training and the test part
+    flatter every figure; keeping each group whole measures what a new specimen will see.
+    Uses scikit-learn's ``StratifiedGroupKFold`` (class balance kept as far as the groups allow).
+
+    Returns:
+        ``n_folds`` boolean masks of shape (N,); every image is tested exactly once.
+
+    Raises:
+        NmidError: Fewer than 2 folds, or fewer groups than folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.asarray(labels)
+    g = np.asarray(groups)
+    if len(g) != len(y):
+        raise NmidError("one group per image")
+    if n_folds < 2:
+        raise NmidError("group k-fold needs at least 2 folds")
+    n_groups = len(set(g.tolist()))
+    if n_groups < n_folds:
+        raise NmidError(f"only {n_groups} groups: too few for {n_folds} folds (use fewer --folds or another --groups)")
+    masks = []
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for _, test in splitter.split(np.zeros(len(y)), y, g):
+        mask = np.zeros(len(y), dtype=bool)
+        mask[test] = True
+        masks.append(mask)
+    return masks
+
+
+GROUP_SOURCES = ("folder", "name", "manifest")
+
+
+def image_groups(store: Store, image_ids: Sequence[int], spec: str) -> list[str]:
+    """The group of each image, from a spec naming where groups come from.
+
+    Specs:
+        ``folder:N``: the name of the N-th folder above the original file (``folder:1``: the
+            folder holding it; ``folder:2``: the one above, e.g. a specimen folder holding
+            class folders).
+        ``name:REGEX``: a regular expression searched in the original file name; its first
+            group (or the whole match) is the group, e.g. ``name:^(S\\d+)_`` for ``S12_003.tif``.
+        ``manifest:CSV:COLUMN``: a CSV with a header; the column ``path``/``file``/``name``
+            (first one present) is matched against the original path, then the file name.
+
+    Raises:
+        NmidError: A malformed spec, or an image the spec gives no group for (named).
+    """
+    import re
+
+    source, _, arg = spec.partition(":")
+    if source not in GROUP_SOURCES or not arg:
+        raise NmidError(f"--groups must be folder:N, name:REGEX or manifest:CSV:COLUMN, not {spec!r}")
+    ids = [int(i) for i in image_ids]
+    records = {r.id: r for r in store.images(ImageFilter(ids=ids))}
+    out: list[str] = []
+    if source == "folder":
+        try:
+            level = int(arg)
+        except ValueError:
+            level = 0
+        if level < 1:
+            raise NmidError(f"folder level must be a positive whole number, not {arg!r}")
+        for i in ids:
+            parents = PurePath(records[i].original_path or str(records[i].path)).parents
+            if level > len(parents) - 1:
+                raise NmidError(f"{records[i].original_path}: has no folder {level} levels up")
+            out.append(str(parents[level - 1]))
+        return out
+    if source == "name":
+        try:
+            pattern = re.compile(arg)
+        except re.error as exc:
+            raise NmidError(f"--groups name: invalid regular expression {arg!r}: {exc}") from None
+        for i in ids:
+            name = records[i].original_name
+            match = pattern.search(name)
+            if match is None:
+                raise NmidError(f"--groups name:{arg}: no match in file name {name!r} (image {i})")
+            out.append(match.group(1) if pattern.groups else match.group(0))
+        return out
+    return _manifest_groups(records, ids, arg)
+
+
+def _manifest_groups(records: dict, ids: list[int], arg: str) -> list[str]:
+    import csv
+
+    path_text, sep, column = arg.rpartition(":")
+    if not sep or not path_text or not column:
+        raise NmidError(f"--groups manifest needs CSV:COLUMN, not {arg!r}")
+    try:
+        with open(path_text, encoding="utf-8-sig", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise NmidError(f"cannot read the manifest {path_text}: {exc.strerror or exc}") from None
+    header = list(rows[0].keys()) if rows else []
+    key = next((k for k in ("path", "file", "name") if k in header), None)
+    if key is None or column not in header:
+        raise NmidError(f"{path_text}: needs a path/file/name column and a {column!r} column (has {', '.join(header)})")
+    by_path = {(row[key] or "").strip(): (row[column] or "").strip() for row in rows}
+    by_name = {PurePath(p).name: g for p, g in by_path.items()}
+    out = []
+    for i in ids:
+        record = records[i]
+        group = by_path.get(record.original_path) or by_name.get(record.original_name)
+        if not group:
+            raise NmidError(f"{path_text}: no {column!r} for {record.original_name} (image {i})")
+        out.append(group)
     return out

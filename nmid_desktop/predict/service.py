@@ -39,6 +39,7 @@ from nmid_desktop.predict.knn import KnnPredictor
 from nmid_desktop.predict.probe import ProbePredictor
 from nmid_desktop.predict.ranking import Ranking
 from nmid_desktop.predict.retrieval import STRATEGIES, Demonstration, DemoPool, similar
+from nmid_desktop.predict.trust import Assessment, TrustModel
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Classifier:
         self._probe = ProbePredictor()
         self._files: OrderedDict[tuple[str, int, int, str], np.ndarray] = OrderedDict()
         self._failed: set[int] = set()  # labelled images whose files could not be embedded
+        self._trust: tuple[tuple[Any, ...], TrustModel] | None = None
 
     # -- encoder and embeddings -----------------------------------------------------------
     @property
@@ -393,6 +395,41 @@ class Classifier:
             return vectors, [pool.labels[int(i)] for i in ids]
 
         self._probe.ensure_fitted(key, data)
+
+    def trust_model(self) -> TrustModel:
+        """Novelty reference and calibrations of the current labelled set.
+
+        Rebuilt when the labels version moves (calibrations are further keyed by the exact
+        (id, label) set, so an undo that restores a labelled set reuses nothing stale).
+        """
+        self._ensure_ready()
+        _, pool = self._refresh()
+        if not len(pool):
+            raise LabelError("the library has no labelled images yet: label or import some first")
+        key = (self.encoder.key, pool.version, self.include_pending)
+        with self._lock:
+            current = self._trust
+        if current is not None and current[0] == key:
+            return current[1]
+        ids, vectors = run_job(self._embed_ids(sorted(pool.labels)))
+        cache = current[1].cache if current is not None else None
+        model = TrustModel(ids, vectors, [pool.labels[int(i)] for i in ids], encoder_key=self.encoder.key, cache=cache)
+        with self._lock:
+            self._trust = (key, model)
+        return model
+
+    def assess(
+        self, vector: np.ndarray, predictor: str | None = None, k: int | None = None, exclude_ids: Iterable[int] = ()
+    ) -> Assessment:
+        """:meth:`predict_local` with calibrated confidence and a novelty score.
+
+        This is what the window should show: ``assessment.ranking`` (calibrated) and, when
+        ``assessment.novelty.novel``, the badge ``assessment.novelty.text``.
+        """
+        exclude = [int(i) for i in exclude_ids]
+        raw = self.predict_local(vector, predictor, k, exclude_ids=exclude)
+        k = int(k or self.settings.k)
+        return self.trust_model().assess(raw, vector, k=k, exclude_ids=exclude)
 
     @property
     def classes(self) -> list[str]:

@@ -240,7 +240,9 @@ def test_commands_index_similar_classify(store, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert out.startswith(f"{query}: ") and "(knn (itself left out))" in out
     printed = out.split(": ")[1].split(" (")[0]
-    assert len(out.split("): ")[1].split(", ")) == 5  # the top 5 of the ranking, with probabilities
+    first, novelty = out.splitlines()[:2]
+    assert len(first.split("): ")[1].split(", ")) == 5  # the top 5 of the ranking, with probabilities
+    assert "like your library: nearest " in novelty and ", typical " in novelty and "(novelty " in novelty
     saved = store.predictions(record.id)
     assert saved and saved[0].predictor == "knn" and saved[0].label == printed
     assert record.id not in saved[0].demo_ids and len(saved[0].ranking) == 5
@@ -257,8 +259,12 @@ def test_command_evaluate_writes_table_json_and_figure(store, capsys: pytest.Cap
     assert code == 0
     out = capsys.readouterr().out
     assert "efficientnet-lite0-imagenet" in out and "macroF1" in out and "best:" in out
+    assert "ECE" in out and "ECEcal" in out
     data = json.loads((tmp_path / "e.json").read_text())
     assert len(data["configurations"]) == 5 and data["n_test"] == 5 * PER_CLASS
+    knn_sim = [c for c in data["configurations"] if c["predictor"] == "knn" and c["strategy"] == "similarity"]
+    assert all(0 <= c["ece"] <= 1 and c["ece_calibrated"] is not None for c in knn_sim)
+    assert all(c["ece_calibrated"] is None for c in data["configurations"] if c["strategy"] == "random")
     assert (tmp_path / "e.png").stat().st_size > 10_000
 
 
@@ -277,3 +283,35 @@ def test_view_averaged_encoder_is_invariant_and_cached_apart(encoder) -> None:
     x, y = flips.embed([image, image[::-1, ::-1].copy()])
     np.testing.assert_allclose(x, y, atol=1e-5)
     assert np.linalg.norm(b) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_assess_calibrates_flags_a_novel_image_and_refits_on_label_change(store, clf, tmp_path: Path) -> None:
+    record = next(r for r in store.images(ImageFilter(unlabelled=False)) if r.label == "porous")
+    known = clf.assess(clf.embed_image(record.id), "knn", 5, exclude_ids=[record.id])
+    assert known.ranking.labels == known.raw.labels and known.temperature > 0
+    assert not known.novelty.novel and known.novelty.reference in {"library", known.label}
+    # Something unlike any demo class: a flat grey frame with a checkerboard corner.
+    odd = np.full((96, 96), 128, np.uint8)
+    odd[:24, :24] = (np.indices((24, 24)).sum(0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(odd).save(tmp_path / "odd.png")
+    novel = clf.assess(clf.embed_file(tmp_path / "odd.png"), "knn", 5)
+    assert novel.novelty.score > known.novelty.score and novel.novelty.nearest < known.novelty.nearest
+    model = clf.trust_model()
+    assert clf.trust_model() is model  # cached while the labels stay the same
+    store.set_label(record.id, "fibres", source="expert")
+    assert clf.trust_model() is not model
+
+
+def test_commands_review_errors_and_next(store, capsys: pytest.CaptureFixture[str]) -> None:
+    lib = str(store.root)
+    wrong = next(r for r in store.images(ImageFilter(unlabelled=False)) if r.label == "nanowires")
+    store.set_label(wrong.id, "particles", source="expert")
+    assert _nmid(["review", "errors", "--library", lib, "--json"]) == 0
+    suspects = json.loads(capsys.readouterr().out)
+    assert suspects and set(suspects[0]) >= {"id", "name", "label", "suggested", "score"}
+    assert wrong.id in [s["id"] for s in suspects[:3]]
+    assert _nmid(["review", "next", "--library", lib, "--json"]) == 0
+    queue = json.loads(capsys.readouterr().out)
+    assert sorted(c["id"] for c in queue) == sorted(_unlabelled(store))
+    assert _nmid(["review", "next", "--library", lib, "--limit", "2"]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]) == 2
