@@ -175,7 +175,7 @@ class ConfigResult:
     @property
     def correct(self) -> list[bool]:
         """Whether each top-1 prediction was right."""
-        return [t == p for t, p in zip(self.true_labels, self.predicted)]
+        return [t == p for t, p in zip(self.true_labels, self.predicted, strict=False)]
 
 
 @dataclass

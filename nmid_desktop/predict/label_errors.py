@@ -87,9 +87,9 @@ def rank_label_issues(
     quality = get_label_quality_scores(y, p, method="self_confidence")
     order = list(flagged)
     if include_unflagged:
-        seen = set(int(i) for i in flagged)
+        seen = {int(i) for i in flagged}
         order += [int(i) for i in np.argsort(quality, kind="stable") if int(i) not in seen]
-    seen_flagged = set(int(i) for i in flagged)
+    seen_flagged = {int(i) for i in flagged}
     out = []
     for n in order:
         n = int(n)
