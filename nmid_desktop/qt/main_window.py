@@ -43,6 +43,7 @@ from nmid_desktop.workspace.engine import (
     OpenResult,
     QueryResult,
     build_demo,
+    classifier_changed,
     open_engine,
 )
 
@@ -703,7 +704,7 @@ class MainWindow(QMainWindow):
             self.ctx.library_changed.emit(new_library)
         else:
             self.jobs.start("settings", lambda eng, token: eng.update_settings(settings), lane=ENGINE_LANE)
-            if old.encoder != settings.encoder or old.crop_data_bar != settings.crop_data_bar:
+            if classifier_changed(old, settings):
                 self.prepare_classifier()
         self.ctx.settings_changed.emit(settings)
         self.refresh_status()

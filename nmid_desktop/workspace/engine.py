@@ -116,6 +116,11 @@ class LabelChange:
     action: str  # "set", "undo", "redo", "nothing to undo", "nothing to redo"
 
 
+def classifier_changed(old: Settings, new: Settings) -> bool:
+    """Whether new settings need a fresh classifier (another encoder, or the data-bar crop switched)."""
+    return old.encoder != new.encoder or old.crop_data_bar != new.crop_data_bar
+
+
 class Engine:
     """Store plus classifier for one library.
 
@@ -160,7 +165,7 @@ class Engine:
         """New settings; a changed encoder or crop choice means a fresh classifier."""
         with self._lock:
             old, self.settings = self.settings, settings
-            if old.encoder != settings.encoder or old.crop_data_bar != settings.crop_data_bar:
+            if classifier_changed(old, settings):
                 if old.encoder != settings.encoder:
                     self._encoder = None  # a shared encoder no longer applies
                 self._classifier = self._new_classifier()
