@@ -17,6 +17,7 @@ from typing import Any
 from nmid_desktop.commands._common import add_library_arg, library_path, open_store
 from nmid_desktop.core.config import Settings, load_settings
 from nmid_desktop.core.errors import NmidError
+from nmid_desktop.lmm.usage import record_paid_call
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -275,12 +276,9 @@ def _generate_questions(args: argparse.Namespace, settings: Settings, root: Path
                 client, args.domain, classes, settings.lmm, name=args.name, n_groups=args.groups
             )
         if not result.cached:
-            prices = PriceTable.load()
-            price = prices.chat(settings.lmm.text_model)
-            store.record_usage(
-                kind="questions", model=settings.lmm.text_model, tokens_in=result.tokens_in,
-                tokens_out=result.tokens_out, cost_usd=price.cost(result.tokens_in, result.tokens_out) if price else 0.0,
-            )
+            price = PriceTable.load().chat(settings.lmm.text_model)
+            record_paid_call(store, "questions", result, cost_usd=price.cost(result.tokens_in, result.tokens_out) if price else None,
+                             model=settings.lmm.text_model)
         saved = save_question_set(qs, store.root / "prompts")
         store.set_meta(QUESTION_SET_META, saved.id)
     finally:

@@ -28,6 +28,7 @@ from nmid_desktop.lmm.images import EncodedImage, ImageSource, encode_source, so
 from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.parsing import REASONING, parse_description
 from nmid_desktop.lmm.questions import PromptTemplate, QuestionSet, load_prompt, load_question_set
+from nmid_desktop.lmm.usage import record_paid_call
 
 QUESTION_SET_META = "lmm.question_set"
 """Library metadata key naming the library's question set (``name``, ``name-vN`` or a path)."""
@@ -323,11 +324,7 @@ def describe_images(
         def keep(index: int, description: Description) -> tuple[Description, str]:
             source = sources[index]
             if store is not None:
-                if not description.cached:
-                    store.record_usage(
-                        kind="describe", model=description.model, tokens_in=description.tokens_in,
-                        tokens_out=description.tokens_out, cost_usd=description.cost_usd or 0.0, images=1,
-                    )
+                record_paid_call(store, "describe", description, cost_usd=description.cost_usd, images=1)
                 if description.ok and source.image_id is not None:
                     stored_id = store.add_description(
                         DescriptionRecord(source.image_id, description.model, description.prompt_version, description.rows)

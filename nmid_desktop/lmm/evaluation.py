@@ -19,13 +19,16 @@ from __future__ import annotations
 import logging
 
 from nmid_desktop.core.config import load_settings
-from nmid_desktop.core.errors import ConfigError, NmidError
+from nmid_desktop.core.errors import ConfigError
+from nmid_desktop.core.jobs import run_job
 from nmid_desktop.evaluation.runner import PredictorSpec, QueryData, TrainData, register_predictor
-from nmid_desktop.lmm.client import LmmClient, LmmError, run_batch
-from nmid_desktop.lmm.cost import BudgetExceeded, BudgetGuard, CostEstimate, PriceTable, check_budget
+from nmid_desktop.lmm.client import LmmClient
+from nmid_desktop.lmm.cost import BudgetExceeded, CostEstimate, PriceTable, check_budget
 from nmid_desktop.lmm.images import ImageSource, encode_source, source_from_record
+from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.parsing import ranking_from
 from nmid_desktop.lmm.predict import LmmPrediction, estimate_predict, predict_encoded
+from nmid_desktop.lmm.usage import record_paid_call
 from nmid_desktop.predict.knn import KnnPredictor
 from nmid_desktop.predict.ranking import Ranking
 
@@ -81,48 +84,32 @@ def predict_lmm(
     check_budget(total, spent, lmm.budget_usd)
     own_client = client is None
     client = client or LmmClient.from_settings(lmm)
-    guard = BudgetGuard(lmm.budget_usd, spent)
-    results: dict[int, LmmPrediction] = {}
-    fatal: list[NmidError] = []
     stopped = False
 
-    def admit(index: int) -> bool:
+    def on_budget_stop() -> None:
         nonlocal stopped
-        if fatal:
-            return False
-        if guard.reserve(estimates[index].cost_usd):
-            return True
         stopped = True
-        return False
 
     def work(item: tuple[ImageSource, list[tuple[ImageSource, str]]]) -> LmmPrediction:
         query, demos = item
         encoded = [(encode_source(s, side, max_pixels=limit), label) for s, label in demos]
         return predict_encoded(client, encoded, encode_source(query, side, max_pixels=limit), classes, settings, prices=prices)
 
+    def keep(index: int, prediction: LmmPrediction) -> tuple[LmmPrediction, str]:
+        record_paid_call(store, "predict", prediction, cost_usd=prediction.cost_usd, images=len(prediction.demo_ids) + 1)
+        return prediction, f"image {queries.ids[index]}"
+
+    failures: list[tuple[int, str]] = []
     try:
-        for outcome in run_batch(work_items, work, max_workers=lmm.max_concurrency, admit=admit):
-            if outcome.error is not None:
-                guard.settle(estimates[outcome.index].cost_usd, 0.0)
-                if (isinstance(outcome.error, LmmError) and outcome.error.fatal) or not isinstance(outcome.error, NmidError):
-                    fatal.append(outcome.error)
-                else:
-                    log.warning("lmm evaluation, image %s: %s", queries.ids[outcome.index], outcome.error)
-                continue
-            prediction = outcome.value
-            guard.settle(estimates[outcome.index].cost_usd, prediction.cost_usd or 0.0)
-            if not prediction.cached:
-                store.record_usage(
-                    kind="predict", model=prediction.model, tokens_in=prediction.tokens_in,
-                    tokens_out=prediction.tokens_out, cost_usd=prediction.cost_usd or 0.0,
-                    images=len(prediction.demo_ids) + 1,
-                )
-            results[outcome.index] = prediction
+        results = run_job(paid_calls(
+            work_items, work, [e.cost_usd for e in estimates], lmm=lmm, spent=spent, token=None, failures=failures,
+            failure_key=lambda i: int(queries.ids[i]), on_budget_stop=on_budget_stop, on_result=keep,
+        ))
     finally:
         if own_client:
             client.close()
-    if fatal:
-        raise fatal[0]
+    for image_id, reason in failures:
+        log.warning("lmm evaluation, image %s: %s", image_id, reason)
     if stopped:
         raise BudgetExceeded(
             f"the evaluation stopped at the budget of ${lmm.budget_usd:.2f} (setting lmm.budget_usd) "

@@ -20,6 +20,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def is_fatal(error: BaseException) -> bool:
+    """The one rule for every paid batch: which failed call stops the whole batch.
+
+    Fatal: an endpoint error that every later call would repeat (a bad key, a retired model,
+    an endpoint that is not there) and any error that is not one of ours (a bug). Any other
+    failure (one refused or malformed answer, a timeout) fails that item only.
+    """
+    if isinstance(error, LmmError):
+        return error.fatal
+    return not isinstance(error, NmidError)
+
+
 def paid_calls(
     items: Sequence[T],
     work: Callable[[T], R],
@@ -52,10 +64,11 @@ def paid_calls(
         Index -> kept result, for the calls that succeeded.
 
     Raises:
-        LmmError: The first fatal error (bad key, retired model), after the calls in flight ended.
+        LmmError: The first fatal error (bad key, retired model), after the calls in flight ended
+            (see :func:`is_fatal`; answers that arrived are kept: ``on_result`` stored them).
     """
     guard = BudgetGuard(lmm.budget_usd, spent)
-    fatal: list[LmmError] = []
+    fatal: list[BaseException] = []
     found: dict[int, R] = {}
 
     def admit(index: int) -> bool:
@@ -74,10 +87,11 @@ def paid_calls(
             if outcome.error is not None:
                 guard.settle(estimate_usd, 0.0)
                 error = outcome.error
-                if isinstance(error, LmmError) and error.fatal:
+                if is_fatal(error):
+                    # No new call starts; the calls in flight end and their answers are kept.
                     fatal.append(error)
-                if not isinstance(error, NmidError):
-                    raise error
+                    yield Progress(done, len(items), f"stopping: {error}")
+                    continue
                 failures.append((failure_key(outcome.index), str(error)))
                 yield Progress(done, len(items), f"failed: {error}")
                 continue

@@ -44,6 +44,7 @@ from nmid_desktop.lmm.images import EncodedImage, ImageSource, encode_source, so
 from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.parsing import ParsedPrediction, parse_prediction, ranking_from
 from nmid_desktop.lmm.questions import PromptTemplate, load_prompt
+from nmid_desktop.lmm.usage import record_paid_call
 
 log = logging.getLogger(__name__)
 
@@ -446,12 +447,8 @@ def predict_images(
             return predict_encoded(client, demos, encoded, classes, settings, item=query.item, prices=prices, token=token)
 
         def keep(_index: int, prediction: LmmPrediction) -> tuple[LmmPrediction, str]:
-            if not prediction.cached:
-                store.record_usage(
-                    kind="predict", model=prediction.model, tokens_in=prediction.tokens_in,
-                    tokens_out=prediction.tokens_out, cost_usd=prediction.cost_usd or 0.0,
-                    images=len(prediction.demo_ids) + 1,
-                )
+            record_paid_call(store, "predict", prediction, cost_usd=prediction.cost_usd,
+                             images=len(prediction.demo_ids) + 1)
             if prediction.image_id is not None:
                 prediction = replace(prediction, prediction_id=store.add_prediction(prediction.record()))
             text = prediction.label if prediction.valid else f"invalid ({prediction.reason})"

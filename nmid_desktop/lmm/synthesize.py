@@ -26,6 +26,7 @@ from nmid_desktop.lmm.client import LmmClient, MalformedResponseError, require_e
 from nmid_desktop.lmm.cost import CostEstimate, PriceTable, check_budget, image_estimate
 from nmid_desktop.lmm.parsing import REASONING
 from nmid_desktop.lmm.questions import PromptTemplate, load_prompt
+from nmid_desktop.lmm.usage import record_paid_call
 
 MAX_PER_CALL = 10  # the images API's own limit on n
 DEFAULT_SIZE = "1024x1024"
@@ -207,11 +208,8 @@ def synthesize_images(
                 if not answer.images:
                     raise MalformedResponseError(f"{client.endpoint.base_url} returned no images")
                 call_cost = None if price is None else (0.0 if answer.cached else price.cost(len(answer.images), quality, answer.tokens_in))
-                if not answer.cached:
-                    store.record_usage(
-                        kind="synthesize", model=lmm.image_model, tokens_in=answer.tokens_in,
-                        tokens_out=answer.tokens_out, cost_usd=call_cost or 0.0, images=len(answer.images),
-                    )
+                record_paid_call(store, "synthesize", answer, cost_usd=call_cost, images=len(answer.images),
+                                 model=lmm.image_model)
                 cost = None if cost is None or call_cost is None else cost + call_cost
                 for data in answer.images[:want]:
                     new_id, created = _add(store, Path(tmp), data, record.id, lmm.image_model)

@@ -14,6 +14,7 @@ from pathlib import Path
 from nmid_desktop.core.config import Settings
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import DescriptionRow, open_library
+from nmid_desktop.lmm.usage import record_paid_call
 from nmid_desktop.workspace.display import ModelAnswer
 
 
@@ -60,11 +61,7 @@ def model_predict_job(
         yield Progress(0, 1, f"asking {settings.lmm.vision_model}", data=estimate)
         with LmmClient.from_settings(settings.lmm) as client:
             prediction = predict_one(client, demo_sources, query, classes, settings, prices=prices, token=token)
-        if not prediction.cached:
-            store.record_usage(
-                kind="predict", model=prediction.model, tokens_in=prediction.tokens_in,
-                tokens_out=prediction.tokens_out, cost_usd=prediction.cost_usd or 0.0, images=len(demo_sources) + 1,
-            )
+        record_paid_call(store, "predict", prediction, cost_usd=prediction.cost_usd, images=len(demo_sources) + 1)
         store.add_prediction(prediction.record())
         return ModelAnswer(
             model=prediction.model,
