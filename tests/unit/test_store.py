@@ -65,7 +65,7 @@ def test_new_library_is_wal_with_schema_version(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "lib" / DB_NAME).is_file()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert store.labels_version() == 0
     store.close()
     with pytest.raises(LibraryError, match="closed"):
@@ -105,19 +105,19 @@ def test_pending_migrations_apply_in_order_or_not_at_all(tmp_path: Path, monkeyp
     v2 = ["CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (2)"]
     broken_v3 = ["CREATE TABLE extra3 (x INTEGER)", "THIS IS NOT SQL"]
     monkeypatch.setattr(sqlite_backend, "MIGRATIONS", [*sqlite_backend.MIGRATIONS, v2, broken_v3])
-    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
     with pytest.raises(LibraryError, match="cannot upgrade"):
         open_library(tmp_path / "lib")
     conn = sqlite3.connect(tmp_path / "lib" / DB_NAME)
     # All pending migrations share one transaction: v2 is rolled back with the broken v3.
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'extra%'").fetchall() == []
     conn.close()
-    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", [*sqlite_backend.MIGRATIONS[:2]])
-    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", [*sqlite_backend.MIGRATIONS[: SCHEMA_VERSION + 1]])
+    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     store = open_library(tmp_path / "lib")
     assert [tuple(r) for r in store._conn().execute("SELECT x FROM extra")] == [(2,)]
-    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     store.close()
 
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nmid_desktop.core.config import current_user
 from nmid_desktop.core.errors import LibraryError
 from nmid_desktop.core.store.sql import SqlStore, _now
 
@@ -170,6 +171,16 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "INSERT INTO meta (key, value) VALUES ('labels_version', '0')",
     ],
+    # v2: many users (the PostgreSQL backend shares this logic). A label version per image for
+    # optimistic concurrency, the labels version of its last change for changes_since(), whose
+    # undo stack an event is on, and the tokens of applied operations so a retry never applies twice.
+    [
+        "ALTER TABLE images ADD COLUMN label_version INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE images ADD COLUMN changed_version INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX images_changed ON images(changed_version)",
+        "ALTER TABLE label_events ADD COLUMN user_name TEXT NOT NULL DEFAULT ''",
+        "CREATE TABLE applied_ops (token TEXT PRIMARY KEY, event_id INTEGER NOT NULL, at TEXT NOT NULL)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -181,8 +192,9 @@ class SqliteStore(SqlStore):
     Like every :class:`Store`, it is a context manager that closes itself.
     """
 
-    def __init__(self, root: Path, *, create: bool = True) -> None:
+    def __init__(self, root: Path, *, create: bool = True, user: str | None = None) -> None:
         self.root = Path(root)
+        self.user = user if user is not None else current_user()
         self.db_path = self.root / DB_NAME
         if self.root.exists() and not self.root.is_dir():
             raise LibraryError(f"{self.root} is a file, not a library folder")
@@ -325,6 +337,10 @@ class SqliteStore(SqlStore):
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._conn().executemany(sql, rows)
+
+    def _own(self) -> tuple[str, list[Any]]:
+        # One person's file: undo walks every change in it, whoever the settings name today.
+        return "", []
 
     def _id_table(self, ids: Sequence[int]) -> tuple[str, Any]:
         # json_each keeps one parameter however many ids there are (SQLite caps parameters).
