@@ -24,7 +24,12 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from nmid_desktop.core.errors import LabelConflict, LabelError, LibraryError, UndoConflict
+from nmid_desktop.core.errors import (
+    LabelConflict,
+    LabelError,
+    LibraryError,
+    UndoConflict,
+)
 from nmid_desktop.core.labels import validate_label
 from nmid_desktop.core.store.base import (
     LABEL_SOURCES,

@@ -192,7 +192,9 @@ class SqliteStore(SqlStore):
     Like every :class:`Store`, it is a context manager that closes itself.
     """
 
-    def __init__(self, root: Path, *, create: bool = True, user: str | None = None) -> None:
+    def __init__(
+        self, root: Path, *, create: bool = True, user: str | None = None, allow_incomplete: bool = False
+    ) -> None:
         self.root = Path(root)
         self.user = user if user is not None else current_user()
         self.db_path = self.root / DB_NAME
@@ -212,6 +214,10 @@ class SqliteStore(SqlStore):
         self._made_dirs: set[Path] = set()
         try:
             self._migrate(self._conn())
+            if not allow_incomplete and self.get_meta("copy_state") == "incomplete":
+                raise LibraryError(
+                    f"{self.root} holds an interrupted `nmid library copy`; it is not usable: delete it and copy again"
+                )
         except BaseException:
             self.close()
             raise
