@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from nmid_desktop.core.errors import LibraryError
-
 from nmid_desktop.core.store.base import (
     LABEL_SOURCES,
     REVIEW_STATES,

@@ -246,6 +246,8 @@ class PgStore(SqlStore):
 
     def _insert(self, sql: str, params: Sequence[Any]) -> int:
         row = self._q(sql + " RETURNING id", params).fetchone()
+        if row is None:  # pragma: no cover - an INSERT ... RETURNING always returns its row
+            raise LibraryError("an insert returned no id")
         return int(row[0])
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -262,7 +264,7 @@ class PgStore(SqlStore):
         if self._depth() > 0:  # inside the caller's transaction: it decides
             return operation()
         deadline = time.monotonic() + RECONNECT_S
-        delay = 0.2
+        delay = 0.0  # a terminated backend: reconnect at once; a restarting server: back off
         while True:
             try:
                 return operation()
@@ -271,7 +273,7 @@ class PgStore(SqlStore):
                     raise
                 log.warning("shared library %s: connection lost, retrying", self.location)
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(max(delay * 2, 0.1), 2.0)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -281,7 +283,15 @@ class PgStore(SqlStore):
         try:
             conn.execute("BEGIN" if depth == 0 else f"SAVEPOINT sp{depth}")
         except psycopg.OperationalError as exc:
-            raise self._lost(exc) from None
+            if depth > 0:
+                raise self._lost(exc) from None
+            # Cut while idle (server restarted, backend terminated): nothing is half done yet.
+            self._drop_conn()
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN")
+            except psycopg.OperationalError as again:
+                raise self._lost(again) from None
         self._local.depth = depth + 1
         try:
             yield
@@ -360,6 +370,11 @@ class PgStore(SqlStore):
             tmp.replace(marker)
         except OSError as exc:
             raise LibraryError(f"cannot use the shared folder {self.root}: {exc.strerror or exc}") from None
+
+    def database_bytes(self) -> int:
+        """The database's size on the server (for ``nmid stats``)."""
+        row = self._q("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
 
     def reset_identities(self) -> None:
         """Move every id sequence past the largest id (after rows were copied in with their ids)."""

@@ -345,6 +345,8 @@ class SqlStore(Store):
             # DO NOTHING: a colleague may create the same class at the same moment.
             self._q("INSERT INTO classes (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, _now()))
             row = self._class_row(name)
+            if row is None:  # pragma: no cover - the insert or the colleague's row is there
+                raise LibraryError(f"class {name!r} could not be created")
         return int(row["id"])
 
     @staticmethod
