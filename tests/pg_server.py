@@ -24,6 +24,9 @@ import uuid
 from pathlib import Path
 
 SERVER_USER = "postgres"  # Debian's account for the server, used when we are root
+# Every role logs in without a password (trust on 127.0.0.1 only), except this one, for the
+# tests of where passwords come from (.pgpass, the OS keyring).
+PASSWORD_ROLE = "nmid_pw"
 
 
 def find_bin_dir() -> Path | None:
@@ -72,6 +75,8 @@ class PgServer:
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
         except subprocess.CalledProcessError as exc:
             raise RuntimeError(f"initdb failed: {exc.stderr.strip()[-500:]}") from exc
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         self.port = _free_port()
         self._start()
         return self
@@ -104,14 +109,24 @@ class PgServer:
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
-    def create_database(self, name: str | None = None) -> str:
-        """A fresh empty database; returns its URL."""
+    def create_database(self, name: str | None = None, *, owner: str | None = None) -> str:
+        """A fresh empty database (owned by ``owner`` if given); returns its URL (as postgres)."""
         import psycopg
 
         name = name or f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
         return self.url(name)
+
+    def password_role(self, password: str) -> str:
+        """(Re)create the role that must log in with a password; returns its name."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_ROLE,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(f"{verb} ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{password}'")
+        return PASSWORD_ROLE
 
     def __enter__(self) -> PgServer:
         return self.start()

@@ -201,20 +201,63 @@ def test_server_down_at_start_is_one_clear_message_without_the_password(tmp_path
     assert "cannot reach the shared library" in message and time.monotonic() - started < 10
 
 
-def test_password_comes_from_pgpass(pg_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = pg_server
-    url = server.create_database()  # type: ignore[attr-defined]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE ROLE lab LOGIN PASSWORD 'lab-pass-123'")
-    # Trust auth would accept any password; the check is that libpq sends the .pgpass one.
+@pytest.fixture
+def password_library(pg_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A database of a role that must send a password; no .pgpass, no PGPASSWORD yet."""
+    role = pg_server.password_role("lab-pass-123")  # type: ignore[attr-defined]
+    url = pg_server.create_database(owner=role)  # type: ignore[attr-defined]
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+    return url.replace("postgres@", f"{role}@"), "lab-pass-123"
+
+
+def test_password_comes_from_pgpass(
+    password_library: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, password = password_library
+    with pytest.raises(LibraryUnavailable, match="password"):
+        open_library(url, shared_folder=tmp_path / "shared")
     pgpass = tmp_path / "pgpass"
-    pgpass.write_text(f"127.0.0.1:{server.port}:*:lab:lab-pass-123\n")  # type: ignore[attr-defined]
+    pgpass.write_text(f"127.0.0.1:*:*:nmid_pw:{password}\n")
     pgpass.chmod(0o600)
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
-    lab_url = url.replace("postgres@", "lab@")
-    with psycopg.connect(lab_url) as conn:
-        assert conn.info.password == "lab-pass-123"
-    assert "lab-pass-123" not in lab_url
+    with open_library(url, shared_folder=tmp_path / "shared") as store:
+        assert store.labels_version() == 0 and password not in store.location
+
+
+def test_password_comes_from_the_os_keyring(password_library: tuple[str, str], tmp_path: Path) -> None:
+    import keyring
+    from keyring.backend import KeyringBackend
+
+    from nmid_desktop.core.store.postgres import KEYRING_SERVICE
+
+    class MemoryKeyring(KeyringBackend):
+        priority = 10  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.items: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return self.items.get((service, username))
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            self.items[(service, username)] = password
+
+        def delete_password(self, service: str, username: str) -> None:
+            self.items.pop((service, username), None)
+
+    url, password = password_library
+    previous = keyring.get_keyring()
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)
+    try:
+        backend.set_password(KEYRING_SERVICE, library_key(url), password)
+        with open_library(url, shared_folder=tmp_path / "shared") as store:
+            assert store.labels_version() == 0
+        assert password not in json.dumps(list(backend.items)) and password not in url
+    finally:
+        keyring.set_keyring(previous)
 
 
 # -- faults -------------------------------------------------------------------------------------

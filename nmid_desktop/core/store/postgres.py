@@ -175,9 +175,13 @@ class PgStore(SqlStore):
                 self._password = keyring_password(self.url)
                 if self._password:
                     return self._connect()
+            first = redact_text(text).strip().splitlines()
+            hint = (
+                "; put the password in the .pgpass file or run `nmid library password URL` (never in the URL)"
+                if "password" in text.lower() else ""
+            )
             raise LibraryUnavailable(
-                f"cannot reach the shared library {self.location}: {redact_text(text).strip().splitlines()[0]}"
-                if text.strip() else f"cannot reach the shared library {self.location}"
+                f"cannot reach the shared library {self.location}" + (f": {first[0]}" if first else "") + hint
             ) from None
         except psycopg.ProgrammingError as exc:  # a malformed URL
             raise LibraryError(f"{self.location} is not a usable PostgreSQL URL: {redact_text(str(exc))}") from None
