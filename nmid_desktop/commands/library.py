@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import re
 import tempfile
@@ -19,10 +18,10 @@ _LIST_LIMIT = 20  # lines of duplicates / skipped files printed before "... and 
 
 
 def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in some containers and services
-        return ""
+    """Who is acting: the settings' ``user`` (a name colleagues recognise), else the OS login."""
+    from nmid_desktop.core.config import current_user
+
+    return current_user()
 
 
 def _size_text(n_bytes: int) -> str:

@@ -72,3 +72,35 @@ def test_pending_migrations_apply_in_order_or_not_at_all(tmp_path: Path, monkeyp
     assert [tuple(r) for r in store._conn().execute("SELECT x FROM extra")] == [(2,)]
     assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     store.close()
+
+
+def test_a_v1_library_upgrades_to_many_user_schema_and_keeps_its_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content = b"v1 image"
+    (tmp_path / "a.png").write_bytes(content)
+    import hashlib
+
+    with monkeypatch.context() as old:
+        old.setattr(sqlite_backend, "MIGRATIONS", sqlite_backend.MIGRATIONS[:1])
+        old.setattr(sqlite_backend, "SCHEMA_VERSION", 1)
+        store = open_library(tmp_path / "lib")
+        # v1 has no label_version / user_name columns: write its rows the way v1 code did.
+        conn = store._conn()
+        image_id, _ = store.add_image(tmp_path / "a.png", sha256=hashlib.sha256(content).hexdigest(), page=0,
+                                      n_pages=1, width=4, height=4, dtype="uint8")
+        conn.execute("INSERT INTO classes (name, created_at) VALUES ('k', 'then')")
+        conn.execute(
+            """INSERT INTO label_events (kind, image_id, old_review, new_review, old_prov, new_prov, source, actor, at,
+               new_class_id, new_label) VALUES ('label', ?, 'pending', 'accepted', ?, ?, 'expert', 'ann', 'then', 1, 'k')""",
+            (image_id, '{"source": null}', '{"source": "expert"}'),
+        )
+        conn.execute("UPDATE images SET class_id = 1, review = 'accepted', label_source = 'expert' WHERE id = ?",
+                     (image_id,))
+        store.close()
+    store = open_library(tmp_path / "lib", user="bob")
+    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.get_image(image_id).label == "k" and store.get_image(image_id).label_version == 0
+    assert store.undo().image_id == image_id  # one person's file: the old change is undoable
+    assert store.get_image(image_id).label is None
+    store.close()
