@@ -8,39 +8,13 @@ with ``CI=true`` they fail, so CI can never pass by skipping them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from library_fixture import Library, make_library
+from library_fixture import Library, make_library, pg_server  # noqa: F401 (a fixture)
 
 BACKENDS = ("sqlite", "postgresql")
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL is required under CI=true: {reason}")
-    pytest.skip(f"no PostgreSQL server for the shared-library tests: {reason}")
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[object]:
-    """The session's PostgreSQL server (skips, or fails under CI, when it cannot start)."""
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        _unavailable("psycopg is not installed (pip install -e '.[shared]')")
-    from pg_server import PgServer, find_bin_dir
-
-    if find_bin_dir() is None:
-        _unavailable("initdb/pg_ctl not found (apt-get install postgresql)")
-    try:
-        server = PgServer().start()
-    except (RuntimeError, OSError) as exc:
-        _unavailable(str(exc))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=BACKENDS)
