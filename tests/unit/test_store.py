@@ -402,3 +402,14 @@ def test_meta_is_json(store: Store) -> None:
     store.set_meta("index", {"encoder": "k", "version": 3, "ids": [1, 2]})
     assert store.get_meta("index") == {"encoder": "k", "version": 3, "ids": [1, 2]}
     assert store.get_meta("created_at")
+
+
+def test_wait_for_changes_returns_at_once_after_a_change_and_at_the_timeout_without(
+    store: Store, library: Library, src: Path
+) -> None:
+    (image_id,) = _add(store, src, 1)
+    since = store.labels_version()
+    other = library.open(user="colleague")  # another client of the same library
+    assert other.wait_for_changes(since, timeout_s=0.2) == since
+    store.set_label(image_id, "k", source="expert")
+    assert other.wait_for_changes(since, timeout_s=30) == since + 1

@@ -96,6 +96,30 @@ def test_other_clients_see_new_labels_through_changes_since(pg_library: Library,
     assert bob.changes_since(changes.version).full
 
 
+def test_a_waiting_client_is_woken_by_a_colleagues_label(pg_library: Library, tmp_path: Path) -> None:
+    ann = pg_library.open(user="ann")
+    bob = pg_library.open(user="bob")
+    (image_id,) = _add(ann, tmp_path / "src", 1)
+    since = bob.labels_version()
+    started = time.monotonic()
+    assert bob.wait_for_changes(since, timeout_s=0.3) == since  # nothing happened: the timeout
+    assert 0.25 < time.monotonic() - started < 3
+    woke: list[tuple[int, float]] = []
+
+    def watch() -> None:
+        t0 = time.monotonic()
+        woke.append((bob.wait_for_changes(since, timeout_s=20), time.monotonic() - t0))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.3)
+    ann.set_label(image_id, "k", source="expert")
+    watcher.join(timeout=25)
+    (version, waited), = woke
+    assert version > since and waited < 5  # woken by NOTIFY, not by the 20 s timeout
+    assert [im.id for im in bob.changes_since(since).images] == [image_id]
+
+
 def test_concurrent_writers_lose_nothing(pg_library: Library, tmp_path: Path) -> None:
     ids = _add(pg_library.open(), tmp_path / "src", 20)
     stores = [pg_library.open(user=f"u{k}") for k in range(4)]

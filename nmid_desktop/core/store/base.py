@@ -15,6 +15,7 @@ Vocabulary:
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -327,6 +328,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def changes_since(self, version: int) -> LabelChanges:
         """Images whose label or review changed after ``labels_version()`` was ``version``."""
+
+    def wait_for_changes(self, since: int, timeout_s: float = 30.0) -> int:
+        """Block until ``labels_version()`` exceeds ``since`` or ``timeout_s`` passes; returns the version.
+
+        For a watcher thread (the window's library browser refreshing when a colleague labels).
+        This default polls twice a second; the PostgreSQL backend is woken by LISTEN/NOTIFY.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            version = self.labels_version()
+            if version > since or time.monotonic() >= deadline:
+                return version
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     @abc.abstractmethod
     def labelled(self, *, include_pending: bool = True, include_synthetic: bool = False) -> list[tuple[int, str]]:

@@ -51,6 +51,7 @@ CONNECT_TIMEOUT_S = 5
 RECONNECT_S = 20.0
 KEYRING_SERVICE = "nmid-desktop-postgresql"
 _MIGRATION_LOCK = 0x6E6D6964  # pg_advisory_xact_lock key: one client migrates at a time
+NOTIFY_CHANNEL = "nmid_labels"  # every label change notifies it with the new labels version
 
 
 class _Row(tuple):  # type: ignore[type-arg]
@@ -136,6 +137,7 @@ class PgStore(SqlStore):
         self._closed = False
         self._made_dirs: set[Path] = set()
         self._password: str | None = None
+        self._listener: psycopg.Connection[Any] | None = None  # LISTEN connection of wait_for_changes
         try:
             self._migrate(create)
             self._check_folder(create)
@@ -229,6 +231,9 @@ class PgStore(SqlStore):
         with self._lock:
             self._closed = True
             conns, self._conns = list(self._conns.values()), {}
+            if self._listener is not None:
+                conns.append(self._listener)
+                self._listener = None
         for conn in conns:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
@@ -263,6 +268,40 @@ class PgStore(SqlStore):
 
     def _id_table(self, ids: Sequence[int]) -> tuple[str, Any]:
         return "unnest(?::bigint[]) WITH ORDINALITY AS j(value, key)", [int(i) for i in ids]
+
+    def _bump(self) -> int:
+        # One round trip: move the version on and queue a notification, which PostgreSQL
+        # delivers to listeners only when (and if) the transaction commits.
+        row = self._q(
+            "WITH v AS (UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+            "WHERE key = 'labels_version' RETURNING value) SELECT value, pg_notify(?, value) FROM v",
+            (NOTIFY_CHANNEL,),
+        ).fetchone()
+        if row is None:  # pragma: no cover - the row is created by the first migration
+            raise LibraryError(f"{self.location} has no labels version; is it a library?")
+        return int(row[0])
+
+    def wait_for_changes(self, since: int, timeout_s: float = 30.0) -> int:
+        """Block until a label change after version ``since`` commits (LISTEN/NOTIFY), or the timeout."""
+        with self._lock:
+            if self._closed:
+                raise LibraryError(f"the library {self.location} is closed")
+            listener = self._listener
+            if listener is None or listener.closed:
+                listener = self._connect()
+                listener.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(NOTIFY_CHANNEL)))
+                self._listener = listener
+        version = self.labels_version()  # after LISTEN: a change from now on cannot be missed
+        if version > since:
+            return version
+        try:
+            for _ in listener.notifies(timeout=max(0.0, timeout_s), stop_after=1):
+                break
+        except psycopg.OperationalError as exc:
+            with contextlib.suppress(psycopg.Error):
+                listener.close()
+            raise self._lost(exc) from None
+        return self.labels_version()
 
     def _write(self, operation: Callable[[], T]) -> T:
         if self._depth() > 0:  # inside the caller's transaction: it decides
