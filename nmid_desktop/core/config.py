@@ -133,6 +133,14 @@ def load_settings(path: Path | None = None) -> Settings:
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
     """Write the settings atomically (a crash never leaves half a file)."""
     settings.validate()
+    from nmid_desktop.core.store.location import url_password
+
+    if url_password(settings.library):
+        # Settings are a readable file: a database password belongs in .pgpass or the keyring.
+        raise ConfigError(
+            "the library URL carries a password; settings never store one: remove it from the URL and put it "
+            "in the .pgpass file or run `nmid library password URL`"
+        )
     path = path or settings_path()
     atomic_write_text(path, tomli_w.dumps(dataclasses.asdict(settings)))
     return path

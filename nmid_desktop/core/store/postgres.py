@@ -39,7 +39,7 @@ from psycopg import sql as pgsql
 
 from nmid_desktop.core.errors import LibraryError, LibraryUnavailable
 from nmid_desktop.core.paths import cache_dir
-from nmid_desktop.core.store.location import library_key, redact_text, redact_url
+from nmid_desktop.core.store.location import library_key, redact_text, redact_url, url_password
 from nmid_desktop.core.store.pg_schema import MIGRATIONS, SCHEMA_VERSION
 from nmid_desktop.core.store.sql import SqlStore, _now
 
@@ -138,8 +138,13 @@ class PgStore(SqlStore):
         self._made_dirs: set[Path] = set()
         self._password: str | None = None
         self._listener: psycopg.Connection[Any] | None = None  # LISTEN connection of wait_for_changes
+        if url_password(url):
+            log.warning("the URL of %s carries a password; put it in .pgpass or the OS keyring instead", self.location)
         try:
-            self._migrate(create)
+            try:
+                self._migrate(create)
+            except psycopg.OperationalError as exc:  # the server went away while we opened it
+                raise self._lost(exc) from None
             self._check_folder(create)
             if not allow_incomplete and self.get_meta("copy_state") == "incomplete":
                 raise LibraryError(
