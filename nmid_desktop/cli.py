@@ -19,6 +19,7 @@ from nmid_desktop.core.errors import Cancelled, NmidError
 # Order is the order of `nmid --help`. A module missing here is a bug, not an option.
 COMMAND_MODULES = (
     "nmid_desktop.commands.library",
+    "nmid_desktop.commands.shared",
     "nmid_desktop.commands.train",
     "nmid_desktop.commands.retrieval",
     "nmid_desktop.commands.lmm",

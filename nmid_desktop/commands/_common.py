@@ -5,37 +5,53 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from nmid_desktop.core.config import Settings
+from nmid_desktop.core.config import Settings, load_settings
 from nmid_desktop.core.jobs import CancelToken, Job, Progress, run_job
+
+if TYPE_CHECKING:
+    from nmid_desktop.core.store import Store
 
 T = TypeVar("T")
 
 
 def add_library_arg(parser: argparse.ArgumentParser) -> None:
-    """Add ``--library PATH`` (default: settings' library, else the user data folder)."""
+    """Add ``--library PATH|URL`` (default: settings' library, else the user data folder)."""
     parser.add_argument(
         "--library",
-        type=Path,
         default=None,
-        metavar="PATH",
-        help="library folder (default: the one in settings, else the user data folder)",
+        metavar="PATH|URL",
+        help="library folder, or postgresql://user@host:port/db for a lab's shared library "
+        "(default: the one in settings, else the user data folder)",
     )
 
 
-def library_path(args: argparse.Namespace, settings: Settings | None = None) -> Path:
-    """The library folder chosen by ``--library``, the settings, or the default."""
+def library_location(args: argparse.Namespace, settings: Settings | None = None) -> Path | str:
+    """The library chosen by ``--library``, the settings, or the default: a folder or a URL (kept as text)."""
     from nmid_desktop.workspace.library import resolve_library
 
     return resolve_library(getattr(args, "library", None), settings)
 
 
-def open_store(args: argparse.Namespace, *, create: bool = True):  # -> Store
+def library_path(args: argparse.Namespace, settings: Settings | None = None) -> Path:
+    """The library *folder* chosen by the arguments (a shared library's is its shared folder)."""
+    location = library_location(args, settings)
+    if isinstance(location, Path):
+        return location
+    settings = settings or load_settings()
+    if not settings.shared_folder:
+        from nmid_desktop.core.errors import ConfigError
+
+        raise ConfigError("a shared library needs the shared_folder setting (this PC's mount of the lab's folder)")
+    return Path(settings.shared_folder)
+
+
+def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
     """Open the library named by the arguments."""
     from nmid_desktop.core.store import open_library
 
-    return open_library(library_path(args), create=create)
+    return open_library(library_location(args), create=create)
 
 
 class ProgressLine:

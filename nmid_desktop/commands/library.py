@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import re
 from pathlib import Path
 
-from nmid_desktop.commands._common import add_library_arg, drive, open_store
+from nmid_desktop.commands._common import add_library_arg, drive, library_location, open_store
 from nmid_desktop.core.config import load_settings
 from nmid_desktop.core.errors import LibraryError, NmidError
 from nmid_desktop.core.importer import LAYOUTS, ImportReport, import_csv, import_files, import_folder
@@ -18,10 +17,10 @@ _LIST_LIMIT = 20  # lines of duplicates / skipped files printed before "... and 
 
 
 def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in some containers and services
-        return ""
+    """Who is acting: the settings' ``user`` (a name colleagues recognise), else the OS login."""
+    from nmid_desktop.core.config import current_user
+
+    return current_user()
 
 
 def _size_text(n_bytes: int) -> str:
@@ -55,7 +54,7 @@ def describe_library(store: Store) -> str:
     labelled = store.count_images(ImageFilter(unlabelled=False))
     synthetic = store.count_images(ImageFilter(synthetic=True))
     lines = [
-        f"library: {store.root}",
+        f"library: {store.location}",
         f"images: {total} ({labelled} labelled, {total - labelled} unlabelled, {synthetic} synthetic)",
     ]
     classes = store.classes()
@@ -79,7 +78,8 @@ def describe_library(store: Store) -> str:
     if cost:
         lines.append(f"API spending: ${cost:.2f}")
     images_bytes = folder_size(store.root / "images")
-    db_bytes = folder_size(store.root) - images_bytes
+    database_bytes = getattr(store, "database_bytes", None)  # a server's database is not in the folder
+    db_bytes = database_bytes() if database_bytes else folder_size(store.root) - images_bytes
     lines.append(
         f"size on disk: {_size_text(images_bytes + db_bytes)} "
         f"(images {_size_text(images_bytes)}, database {_size_text(db_bytes)})"
@@ -351,8 +351,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="The library's taxonomy. Without an action: list classes with image counts.",
     )
     # Not add_library_arg: a sub-parser's default would overwrite a --library given here.
-    p.add_argument("--library", dest="classes_library", type=Path, default=None, metavar="PATH",
-                   help="library folder (also accepted after the action)")
+    p.add_argument("--library", dest="classes_library", default=None, metavar="PATH|URL",
+                   help="library folder or postgresql:// URL (also accepted after the action)")
     classes_sub = p.add_subparsers(dest="classes_command", metavar="ACTION")
     q = classes_sub.add_parser("list", help="list classes with counts", description="List classes with counts.")
     add_library_arg(q)

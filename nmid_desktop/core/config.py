@@ -8,12 +8,13 @@ goes to QSettings, not here.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import getpass
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
 from nmid_desktop.core.errors import ConfigError
 from nmid_desktop.core.fileio import atomic_write_text
@@ -45,6 +46,10 @@ class Settings:
     """Everything the user can change, with built-in defaults that work offline."""
 
     library: str = ""
+    # Your name in a shared library's history (empty: the OS login).
+    user: str = ""
+    # This PC's mount point of the lab's shared folder (images of a PostgreSQL library).
+    shared_folder: str = ""
     encoder: str = ""
     k: int = 5
     strategy: str = "similarity"
@@ -70,6 +75,21 @@ class Settings:
             raise ConfigError(f"setting lmm.image_detail must be low, high or auto, not {self.lmm.image_detail!r}")
         if self.lmm.max_concurrency < 1 or self.lmm.timeout_s <= 0:
             raise ConfigError("settings lmm.max_concurrency and lmm.timeout_s must be positive")
+
+
+def current_user(settings: Settings | None = None) -> str:
+    """Who is working: the settings' ``user``, else the OS login (recorded on every change)."""
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError:
+            settings = Settings()
+    if settings.user.strip():
+        return settings.user.strip()
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):  # no login name (a container without an /etc/passwd entry)
+        return ""
 
 
 def settings_path() -> Path:
@@ -113,6 +133,14 @@ def load_settings(path: Path | None = None) -> Settings:
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
     """Write the settings atomically (a crash never leaves half a file)."""
     settings.validate()
+    from nmid_desktop.core.store.location import url_password
+
+    if url_password(settings.library):
+        # Settings are a readable file: a database password belongs in .pgpass or the keyring.
+        raise ConfigError(
+            "the library URL carries a password; settings never store one: remove it from the URL and put it "
+            "in the .pgpass file or run `nmid library password URL`"
+        )
     path = path or settings_path()
     atomic_write_text(path, tomli_w.dumps(dataclasses.asdict(settings)))
     return path

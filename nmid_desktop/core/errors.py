@@ -42,3 +42,28 @@ class ConfigError(NmidError):
 
 class DisplayError(NmidError):
     """The window cannot open on this system (missing X libraries, no screen)."""
+
+
+class LibraryUnavailable(LibraryError):
+    """The library's database server cannot be reached (down, restarting, network gone)."""
+
+
+class LabelConflict(LabelError):
+    """A label change was refused: a colleague changed the image's label since it was read."""
+
+    def __init__(self, message: str, *, image_id: int, their_label: str | None, their_actor: str, label_version: int) -> None:
+        super().__init__(message)
+        self.image_id = image_id
+        self.their_label = their_label
+        self.their_actor = their_actor
+        self.label_version = label_version
+
+
+class UndoConflict(LabelError):
+    """Undo or redo was refused: a colleague has since overwritten the change."""
+
+    def __init__(self, message: str, *, image_id: int, their_label: str | None, their_actor: str) -> None:
+        super().__init__(message)
+        self.image_id = image_id
+        self.their_label = their_label
+        self.their_actor = their_actor

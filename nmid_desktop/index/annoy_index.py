@@ -85,9 +85,14 @@ def safe_name(encoder_key: str) -> str:
     return f"{readable}-{digest}"
 
 
-def index_path(library_root: Path, encoder_key: str) -> Path:
-    """Where the library's index for one encoder lives: ``<library>/index/<safe key>.ann``."""
-    return Path(library_root) / "index" / f"{safe_name(encoder_key)}.ann"
+def index_path(library_root: Path, encoder_key: str, *, index_dir: Path | None = None) -> Path:
+    """Where the library's index for one encoder lives: ``<library>/index/<safe key>.ann``.
+
+    ``index_dir`` (a store's ``index_dir``) replaces ``<library>/index``: a shared
+    library keeps its indexes in each PC's cache, not in the shared folder.
+    """
+    folder = Path(index_dir) if index_dir is not None else Path(library_root) / "index"
+    return folder / f"{safe_name(encoder_key)}.ann"
 
 
 def sidecar_path(ann_path: Path) -> Path:

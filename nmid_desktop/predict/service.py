@@ -172,7 +172,7 @@ class Classifier:
     @property
     def index_file(self) -> Path:
         """Where this library's index for the current encoder lives."""
-        return index_path(self.store.root, self.encoder.key)
+        return index_path(self.store.root, self.encoder.key, index_dir=self.store.index_dir)
 
     @property
     def ready(self) -> bool:

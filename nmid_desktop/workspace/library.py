@@ -10,6 +10,7 @@ from nmid_desktop.core.importer import ImportReport, import_folder
 from nmid_desktop.core.jobs import Job
 from nmid_desktop.core.paths import data_dir, default_library_dir
 from nmid_desktop.core.store import Store
+from nmid_desktop.core.store.location import is_pg_url
 
 
 def demo_library_dir() -> Path:
@@ -17,8 +18,11 @@ def demo_library_dir() -> Path:
     return data_dir() / "demo"
 
 
-def resolve_library(library: Path | str | None, settings: Settings | None = None, *, demo: bool = False) -> Path:
-    """The library folder: ``--library``, else the demo folder with ``--demo``, else settings, else the default.
+def resolve_library(library: Path | str | None, settings: Settings | None = None, *, demo: bool = False) -> Path | str:
+    """The library: ``--library``, else the demo folder with ``--demo``, else settings, else the default.
+
+    A folder comes back as a ``Path``; a shared library's ``postgresql://`` URL as text
+    (``Path`` would fold its ``//``).
 
     Args:
         library: What the user named (``--library``), or None.
@@ -26,12 +30,16 @@ def resolve_library(library: Path | str | None, settings: Settings | None = None
         demo: The demo library was asked for.
     """
     if library:
-        return Path(library)
+        return _location(library)
     if demo:
         return demo_library_dir()
     if settings is None:
         settings = load_settings()
-    return Path(settings.library) if settings.library else default_library_dir()
+    return _location(settings.library) if settings.library else default_library_dir()
+
+
+def _location(chosen: Path | str) -> Path | str:
+    return str(chosen) if is_pg_url(str(chosen)) else Path(chosen)
 
 
 def fill_demo(

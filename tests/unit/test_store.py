@@ -1,27 +1,28 @@
-"""The SQLite library store: schema, images, taxonomy, labels with history, embeddings, splits."""
+"""The store contract: every backend (SQLite, PostgreSQL) passes these same tests.
+
+Images, taxonomy, labels with history and undo/redo, embeddings, predictions,
+splits. The ``library`` fixture (tests/unit/conftest.py) runs each test once per
+backend; what only one backend has lives in test_store_sqlite.py / test_store_pg.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from library_fixture import Library
 
 from nmid_desktop.core.errors import LabelError, LibraryError
 from nmid_desktop.core.store import (
-    DB_NAME,
-    SCHEMA_VERSION,
     DescriptionRecord,
     DescriptionRow,
     ImageFilter,
     PredictionRecord,
-    SqliteStore,
-    open_library,
+    Store,
 )
-from nmid_desktop.core.store import sqlite as sqlite_backend
 
 
 def _file(folder: Path, name: str, content: bytes) -> tuple[Path, str]:
@@ -30,7 +31,7 @@ def _file(folder: Path, name: str, content: bytes) -> tuple[Path, str]:
     return path, hashlib.sha256(content).hexdigest()
 
 
-def _add(store: SqliteStore, folder: Path, n: int, *, copy: bool = True, prefix: str = "img") -> list[int]:
+def _add(store: Store, folder: Path, n: int, *, copy: bool = True, prefix: str = "img") -> list[int]:
     ids = []
     for i in range(n):
         path, sha = _file(folder, f"{prefix}{i}.png", f"{prefix}-{i}".encode())
@@ -43,10 +44,8 @@ def _add(store: SqliteStore, folder: Path, n: int, *, copy: bool = True, prefix:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = open_library(tmp_path / "lib")
-    yield s
-    s.close()
+def store(library: Library) -> Store:
+    return library.open()
 
 
 @pytest.fixture
@@ -59,69 +58,17 @@ def src(tmp_path: Path) -> Path:
 # -- lifecycle and schema ------------------------------------------------------------------
 
 
-def test_new_library_is_wal_with_schema_version(tmp_path: Path) -> None:
-    store = open_library(tmp_path / "new" / "lib")
-    conn = store._conn()
-    assert (tmp_path / "new" / "lib" / DB_NAME).is_file()
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
-    assert store.labels_version() == 0
-    store.close()
-    with pytest.raises(LibraryError, match="closed"):
-        store.classes()
-
-
-def test_open_without_create_needs_a_library(tmp_path: Path) -> None:
+def test_open_without_create_needs_a_library(library: Library) -> None:
     with pytest.raises(LibraryError, match="no library"):
-        open_library(tmp_path / "missing", create=False)
-    assert not (tmp_path / "missing").exists()
-    open_library(tmp_path / "lib").close()
-    open_library(tmp_path / "lib", create=False).close()
+        library.open(create=False)
+    if library.backend == "sqlite":
+        assert not Path(library.location).exists()
+    library.open().close()
+    reopened = library.open(create=False)
+    assert reopened.labels_version() == 0 and reopened.get_meta("created_at")
 
 
-def test_not_a_database_and_file_instead_of_folder(tmp_path: Path) -> None:
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / DB_NAME).write_text("hello, I am not SQLite" * 100)
-    with pytest.raises(LibraryError, match="not a usable library"):
-        open_library(tmp_path / "lib")
-    (tmp_path / "afile").write_text("x")
-    with pytest.raises(LibraryError, match="is a file"):
-        open_library(tmp_path / "afile")
-
-
-def test_library_newer_than_code_is_refused(tmp_path: Path) -> None:
-    open_library(tmp_path / "lib").close()
-    conn = sqlite3.connect(tmp_path / "lib" / DB_NAME)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.commit()
-    conn.close()
-    with pytest.raises(LibraryError, match="newer than this nmid-desktop"):
-        open_library(tmp_path / "lib")
-
-
-def test_pending_migrations_apply_in_order_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    open_library(tmp_path / "lib").close()
-    v2 = ["CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (2)"]
-    broken_v3 = ["CREATE TABLE extra3 (x INTEGER)", "THIS IS NOT SQL"]
-    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", [*sqlite_backend.MIGRATIONS, v2, broken_v3])
-    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", 3)
-    with pytest.raises(LibraryError, match="cannot upgrade"):
-        open_library(tmp_path / "lib")
-    conn = sqlite3.connect(tmp_path / "lib" / DB_NAME)
-    # All pending migrations share one transaction: v2 is rolled back with the broken v3.
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-    assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'extra%'").fetchall() == []
-    conn.close()
-    monkeypatch.setattr(sqlite_backend, "MIGRATIONS", [*sqlite_backend.MIGRATIONS[:2]])
-    monkeypatch.setattr(sqlite_backend, "SCHEMA_VERSION", 2)
-    store = open_library(tmp_path / "lib")
-    assert [tuple(r) for r in store._conn().execute("SELECT x FROM extra")] == [(2,)]
-    assert store._conn().execute("PRAGMA user_version").fetchone()[0] == 2
-    store.close()
-
-
-def test_nested_transactions_roll_back_their_own_part(store: SqliteStore) -> None:
+def test_nested_transactions_roll_back_their_own_part(store: Store) -> None:
     with store.transaction():
         store.add_class("outer")
         with pytest.raises(RuntimeError), store.transaction():
@@ -135,7 +82,7 @@ def test_nested_transactions_roll_back_their_own_part(store: SqliteStore) -> Non
     assert "lost" not in [c.name for c in store.classes()]
 
 
-def test_each_thread_has_its_own_connection_and_writes_land(store: SqliteStore, src: Path) -> None:
+def test_each_thread_has_its_own_connection_and_writes_land(store: Store, src: Path) -> None:
     ids = _add(store, src, 40)
     errors: list[BaseException] = []
     conns: list[int] = []
@@ -162,7 +109,7 @@ def test_each_thread_has_its_own_connection_and_writes_land(store: SqliteStore, 
 # -- images --------------------------------------------------------------------------------
 
 
-def test_add_image_copies_by_hash_and_recognises_duplicates(store: SqliteStore, src: Path) -> None:
+def test_add_image_copies_by_hash_and_recognises_duplicates(store: Store, src: Path) -> None:
     path, sha = _file(src, "a.PNG", b"pixels")
     image_id, created = store.add_image(
         path, sha256=sha, page=0, n_pages=1, width=4, height=3, dtype="uint16", pixel_size_m=2e-9,
@@ -183,7 +130,7 @@ def test_add_image_copies_by_hash_and_recognises_duplicates(store: SqliteStore, 
     assert store.find_image(sha).id == image_id and store.find_image(sha, page=1) is None
 
 
-def test_a_file_that_does_not_match_its_hash_is_not_stored(store: SqliteStore, src: Path) -> None:
+def test_a_file_that_does_not_match_its_hash_is_not_stored(store: Store, src: Path) -> None:
     path, _ = _file(src, "a.png", b"edited after hashing")
     stale = hashlib.sha256(b"before").hexdigest()
     with pytest.raises(LibraryError, match="changed while"):
@@ -192,7 +139,7 @@ def test_a_file_that_does_not_match_its_hash_is_not_stored(store: SqliteStore, s
     assert [p for p in (store.root / "images").rglob("*") if p.is_file()] == []
 
 
-def test_pages_are_separate_images_and_reference_mode(store: SqliteStore, src: Path) -> None:
+def test_pages_are_separate_images_and_reference_mode(store: Store, src: Path) -> None:
     path, sha = _file(src, "stack.tif", b"tiff-bytes")
     ids = [
         store.add_image(path, sha256=sha, page=p, n_pages=3, width=5, height=5, dtype="uint8", copy=False)[0]
@@ -215,7 +162,7 @@ def test_pages_are_separate_images_and_reference_mode(store: SqliteStore, src: P
         ({"source_image_id": 999}, "source image"),
     ],
 )
-def test_add_image_validates(store: SqliteStore, src: Path, kwargs: dict, message: str) -> None:
+def test_add_image_validates(store: Store, src: Path, kwargs: dict, message: str) -> None:
     path, sha = _file(src, "a.png", b"x")
     args = dict(sha256=sha, page=0, n_pages=1, width=20, height=10, dtype="uint8")
     args.update(kwargs)
@@ -224,7 +171,7 @@ def test_add_image_validates(store: SqliteStore, src: Path, kwargs: dict, messag
     assert store.count_images() == 0
 
 
-def test_filters_and_paging(store: SqliteStore, src: Path) -> None:
+def test_filters_and_paging(store: Store, src: Path) -> None:
     ids = _add(store, src, 12)
     for image_id in ids[:5]:
         store.set_label(image_id, "a", source="import")
@@ -245,7 +192,7 @@ def test_filters_and_paging(store: SqliteStore, src: Path) -> None:
 # -- labels, history, undo/redo --------------------------------------------------------------
 
 
-def test_set_label_records_provenance_and_review_defaults(store: SqliteStore, src: Path) -> None:
+def test_set_label_records_provenance_and_review_defaults(store: Store, src: Path) -> None:
     (image_id,) = _add(store, src, 1)
     event = store.set_label(image_id, "pores", source="lmm", actor="ann", model="m1", prompt_version="p3",
                             confidence=0.7)
@@ -271,7 +218,7 @@ def test_set_label_records_provenance_and_review_defaults(store: SqliteStore, sr
         store.set_label(999, "x", source="expert")
 
 
-def test_accepting_needs_a_label_and_rejected_images_are_left_out(store: SqliteStore, src: Path) -> None:
+def test_accepting_needs_a_label_and_rejected_images_are_left_out(store: Store, src: Path) -> None:
     a, b, c = _add(store, src, 3)
     with pytest.raises(LabelError, match="no label"):
         store.set_review(a, "accepted")
@@ -285,7 +232,7 @@ def test_accepting_needs_a_label_and_rejected_images_are_left_out(store: SqliteS
     assert store.classes()[0].count == 1
 
 
-def test_synthetic_images_only_when_accepted_and_asked(store: SqliteStore, src: Path) -> None:
+def test_synthetic_images_only_when_accepted_and_asked(store: Store, src: Path) -> None:
     (real,) = _add(store, src, 1)
     path, sha = _file(src, "syn.png", b"synthetic")
     syn, _ = store.add_image(path, sha256=sha, page=0, n_pages=1, width=8, height=8, dtype="uint8",
@@ -299,7 +246,7 @@ def test_synthetic_images_only_when_accepted_and_asked(store: SqliteStore, src: 
     assert store.get_image(syn).source_image_id == real and store.get_image(syn).synthetic
 
 
-def test_undo_redo_without_limit_and_new_change_discards_redo(store: SqliteStore, src: Path) -> None:
+def test_undo_redo_without_limit_and_new_change_discards_redo(store: Store, src: Path) -> None:
     (image_id,) = _add(store, src, 1)
     labels = [f"c{i}" for i in range(60)]
     for label in labels:
@@ -323,7 +270,7 @@ def test_undo_redo_without_limit_and_new_change_discards_redo(store: SqliteStore
     assert sum(e.undone for e in history) == 31
 
 
-def test_rename_merge_and_undo_of_a_merge(store: SqliteStore, src: Path) -> None:
+def test_rename_merge_and_undo_of_a_merge(store: Store, src: Path) -> None:
     ids = _add(store, src, 6)
     for image_id in ids[:4]:
         store.set_label(image_id, "spheres", source="import")
@@ -359,7 +306,7 @@ def test_rename_merge_and_undo_of_a_merge(store: SqliteStore, src: Path) -> None
         store.merge_classes("particles", "particles")
 
 
-def test_labels_version_grows_with_every_label_change(store: SqliteStore, src: Path) -> None:
+def test_labels_version_grows_with_every_label_change(store: Store, src: Path) -> None:
     (image_id,) = _add(store, src, 1)
     seen = [store.labels_version()]
     for step in (
@@ -382,7 +329,7 @@ def test_labels_version_grows_with_every_label_change(store: SqliteStore, src: P
 # -- embeddings, predictions, descriptions, usage, split, meta ----------------------------------
 
 
-def test_embeddings_round_trip_in_requested_order(store: SqliteStore, src: Path) -> None:
+def test_embeddings_round_trip_in_requested_order(store: Store, src: Path) -> None:
     ids = _add(store, src, 300, copy=False)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((300, 1280)).astype(np.float32)
@@ -409,7 +356,7 @@ def test_embeddings_round_trip_in_requested_order(store: SqliteStore, src: Path)
     assert store.embedding_keys() == {}
 
 
-def test_predictions_descriptions_and_usage(store: SqliteStore, src: Path) -> None:
+def test_predictions_descriptions_and_usage(store: Store, src: Path) -> None:
     a, b = _add(store, src, 2)
     first = store.add_prediction(PredictionRecord(a, "knn", "x", [("x", 0.6), ("y", 0.4)], 0.6, demo_ids=[b]))
     second = store.add_prediction(
@@ -436,7 +383,7 @@ def test_predictions_descriptions_and_usage(store: SqliteStore, src: Path) -> No
     assert store.total_cost() == pytest.approx(0.75)
 
 
-def test_split_keeps_test_fixed_and_refuses_synthetic_test(store: SqliteStore, src: Path) -> None:
+def test_split_keeps_test_fixed_and_refuses_synthetic_test(store: Store, src: Path) -> None:
     a, b, c = _add(store, src, 3)
     store.set_split({a: "train", b: "test", c: "val"})
     store.set_split({a: "val", b: "train", c: "test"})
@@ -450,8 +397,19 @@ def test_split_keeps_test_fixed_and_refuses_synthetic_test(store: SqliteStore, s
     assert store.get_split() == {a: "val", b: "test", c: "test"}
 
 
-def test_meta_is_json(store: SqliteStore) -> None:
+def test_meta_is_json(store: Store) -> None:
     assert store.get_meta("missing", {"d": 1}) == {"d": 1}
     store.set_meta("index", {"encoder": "k", "version": 3, "ids": [1, 2]})
     assert store.get_meta("index") == {"encoder": "k", "version": 3, "ids": [1, 2]}
     assert store.get_meta("created_at")
+
+
+def test_wait_for_changes_returns_at_once_after_a_change_and_at_the_timeout_without(
+    store: Store, library: Library, src: Path
+) -> None:
+    (image_id,) = _add(store, src, 1)
+    since = store.labels_version()
+    other = library.open(user="colleague")  # another client of the same library
+    assert other.wait_for_changes(since, timeout_s=0.2) == since
+    store.set_label(image_id, "k", source="expert")
+    assert other.wait_for_changes(since, timeout_s=30) == since + 1

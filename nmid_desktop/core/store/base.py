@@ -15,6 +15,7 @@ Vocabulary:
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class ImageRecord:
     label_actor: str | None = None
     label_prompt_version: str | None = None
     label_at: str | None = None
+    # Grows with every change of this image's label or review: pass it back as
+    # ``set_label(..., expected_version=...)`` to be told when a colleague got there first.
+    label_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class LabelEvent:
     confidence: float | None
     at: str
     undone: bool
+    kind: str = "label"  # label, review, merge, or conflict (a refused change, kept for the record)
+    user: str = ""  # whose undo stack the change is on (the store's user)
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,19 @@ class DescriptionRecord:
 
 
 @dataclass(frozen=True)
+class LabelChanges:
+    """What changed since a labels version: what an exact buffer needs to stay current.
+
+    ``full`` means the taxonomy changed (a rename) and the caller should reload
+    ``labelled()``; otherwise ``images`` lists every image whose label or review changed.
+    """
+
+    version: int
+    images: list[ImageRecord]
+    full: bool = False
+
+
+@dataclass(frozen=True)
 class ImageFilter:
     """Which images a query returns. ``None`` means "do not filter on this"."""
 
@@ -145,9 +164,26 @@ class ImageFilter:
 
 
 class Store(abc.ABC):
-    """A library: images, taxonomy, labels with history, embeddings, predictions, splits."""
+    """A library: images, taxonomy, labels with history, embeddings, predictions, splits.
+
+    ``root`` is the folder holding the library's files (images, trained models); on a
+    shared library it is this PC's mount of the lab's shared folder. ``location`` names
+    the library for people (a folder, or a URL without its password). ``user`` is who
+    works with it: every change records them, and undo walks their own changes.
+    """
 
     root: Path
+    user: str = ""
+
+    @property
+    def location(self) -> str:
+        """The library's name for messages: its folder, or its URL with the password redacted."""
+        return str(self.root)
+
+    @property
+    def index_dir(self) -> Path:
+        """Where this PC keeps the library's nearest-neighbour indexes."""
+        return self.root / "index"
 
     # -- lifecycle -------------------------------------------------------------------
     @abc.abstractmethod
@@ -248,11 +284,18 @@ class Store(abc.ABC):
         prompt_version: str | None = None,
         confidence: float | None = None,
         review: str | None = None,
+        expected_version: int | None = None,
     ) -> LabelEvent:
         """Set (or clear, with None) an image's label; unknown classes are created.
 
         ``review`` defaults to ``accepted`` for source ``expert`` and ``import``, and
         ``pending`` otherwise. The change is one history row; it clears the redo stack.
+        ``actor`` defaults to the store's user.
+
+        Raises:
+            LabelConflict: ``expected_version`` was given and the image's
+                ``label_version`` has moved on (a colleague relabelled it); the refused
+                change is kept in the history as a ``conflict`` event.
         """
 
     @abc.abstractmethod
@@ -261,11 +304,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def undo(self) -> LabelEvent | None:
-        """Revert the latest label change not yet undone; None when there is nothing to undo."""
+        """Revert this user's latest label change not yet undone; None when there is nothing to undo.
+
+        Raises:
+            UndoConflict: someone else has changed the image since; nothing is changed.
+        """
 
     @abc.abstractmethod
     def redo(self) -> LabelEvent | None:
-        """Re-apply the latest undone change; None when there is nothing to redo."""
+        """Re-apply this user's latest undone change; None when there is nothing to redo."""
 
     @abc.abstractmethod
     def history(self, image_id: int | None = None, limit: int = 100) -> list[LabelEvent]:
@@ -277,6 +324,23 @@ class Store(abc.ABC):
 
         Predictors and the index compare it with the value they were built at.
         """
+
+    @abc.abstractmethod
+    def changes_since(self, version: int) -> LabelChanges:
+        """Images whose label or review changed after ``labels_version()`` was ``version``."""
+
+    def wait_for_changes(self, since: int, timeout_s: float = 30.0) -> int:
+        """Block until ``labels_version()`` exceeds ``since`` or ``timeout_s`` passes; returns the version.
+
+        For a watcher thread (the window's library browser refreshing when a colleague labels).
+        This default polls twice a second; the PostgreSQL backend is woken by LISTEN/NOTIFY.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            version = self.labels_version()
+            if version > since or time.monotonic() >= deadline:
+                return version
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     @abc.abstractmethod
     def labelled(self, *, include_pending: bool = True, include_synthetic: bool = False) -> list[tuple[int, str]]:

@@ -1,0 +1,235 @@
+"""A lab's shared library on PostgreSQL: concurrent labelling, and SQLite vs PostgreSQL store calls.
+
+Usage::
+
+    .venv/bin/python benchmarks/shared_library.py [--n 20000] [--clients 4] [--labels 2000]
+        [--hot 0.2] [--dim 1280] [--url postgresql://...  --folder PATH]
+
+Without ``--url`` it starts a throwaway server on 127.0.0.1 (tests/pg_server.py; needs
+Debian's ``postgresql`` package). It builds an ``--n``-image SQLite library (half of
+it labelled, embeddings of ``--dim`` floats), copies it to PostgreSQL with ``nmid
+library copy``'s code, then prints:
+
+1. ``--clients`` processes (separate PCs) each setting ``--labels`` labels on the
+   shared library, as the window does: read the image, then set its label with
+   ``expected_version``; on a conflict, re-read and set again. A fraction ``--hot`` of
+   the picks come from 20 images everybody works on, so conflicts really happen.
+   Printed: labels per second overall, p50/p95 of one label change, conflicts
+   detected, and lost updates (applied changes missing from the history, or images
+   whose final label or label version disagrees with the applied changes: must be 0).
+2. The same single-client store calls on SQLite and on PostgreSQL side by side, p50
+   and p95 in ms: open, stats (the counts ``nmid stats`` shows), the store calls of
+   one query without the embedding (find the file by sha256, its cached embedding,
+   labels version, the records of K=5 demonstrations), one label set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing as mp
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+import numpy as np  # noqa: E402
+
+from nmid_desktop.core.errors import LabelConflict  # noqa: E402
+from nmid_desktop.core.jobs import run_job  # noqa: E402
+from nmid_desktop.core.store import ImageFilter, Store, open_library  # noqa: E402
+from nmid_desktop.core.store.copy import copy_library  # noqa: E402
+
+CLASSES = ("crazing", "inclusion", "patches", "pitted", "rolled", "scratches")
+HOT = 20
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def build_sqlite(folder: Path, n: int, dim: int) -> list[str]:
+    """An n-image library (referenced files), half labelled, with embeddings; returns the shas."""
+    src = folder / "originals"
+    src.mkdir(parents=True)
+    dummy = src / "micrograph.png"
+    dummy.write_bytes(b"not decoded by this benchmark")
+    shas = [hashlib.sha256(f"image-{i}".encode()).hexdigest() for i in range(n)]
+    rng = np.random.default_rng(0)
+    with open_library(folder / "sqlite", user="seed") as store:
+        ids: list[int] = []
+        with store.transaction():
+            for sha in shas:
+                ids.append(store.add_image(dummy, sha256=sha, page=0, n_pages=1, width=200, height=200,
+                                           dtype="uint8", copy=False)[0])
+            for i in ids[::2]:
+                store.set_label(i, CLASSES[i % len(CLASSES)], source="import")
+        for start in range(0, n, 2000):
+            chunk = ids[start:start + 2000]
+            vectors = rng.standard_normal((len(chunk), dim)).astype(np.float32)
+            store.put_embeddings("bench@1", chunk, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    return shas
+
+
+def client(args: tuple[str, str, int, int, float, int]) -> dict[str, Any]:
+    """One PC labelling: returns its latencies, conflicts and the changes it saw applied."""
+    url, folder, k, labels, hot, n = args
+    rng = random.Random(1000 + k)
+    latencies: list[float] = []
+    conflicts = 0
+    applied: list[tuple[int, int, str]] = []
+    with open_library(url, shared_folder=Path(folder), user=f"client{k}") as store:
+        ids = [im.id for im in store.images(limit=n)]
+        started = time.perf_counter()
+        for _ in range(labels):
+            image_id = rng.choice(ids[:HOT]) if rng.random() < hot else rng.choice(ids)
+            label = rng.choice(CLASSES)
+            version = store.get_image(image_id).label_version
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    event = store.set_label(image_id, label, source="expert", expected_version=version)
+                    latencies.append(time.perf_counter() - t0)
+                    applied.append((event.id, image_id, label))
+                    break
+                except LabelConflict as exc:  # told; decide again from what the colleague set
+                    latencies.append(time.perf_counter() - t0)
+                    conflicts += 1
+                    version = exc.label_version
+        wall = time.perf_counter() - started
+    return {"latencies": latencies, "conflicts": conflicts, "applied": applied, "wall": wall}
+
+
+def lost_updates(store: Store, applied: list[tuple[int, int, str]]) -> int:
+    """Applied changes missing from the history, plus images whose final state disagrees with them."""
+    events = {e.id: e for e in store.history(limit=10_000_000) if e.kind == "label"}
+    lost = sum(1 for event_id, image_id, label in applied
+               if event_id not in events or (events[event_id].image_id, events[event_id].new_label) != (image_id, label))
+    last: dict[int, tuple[int, str]] = {}
+    count: dict[int, int] = {}
+    for event_id, image_id, label in applied:
+        count[image_id] = count.get(image_id, 0) + 1
+        if event_id > last.get(image_id, (-1, ""))[0]:
+            last[image_id] = (event_id, label)
+    for im in store.images(ImageFilter(ids=list(last))):
+        seed_changes = 1 if im.id % 2 == 1 else 0  # build_sqlite labelled every other id (ids start at 1)
+        if im.label != last[im.id][1] or im.label_version != count[im.id] + seed_changes:
+            lost += 1
+    return lost
+
+
+def timed(fn: Any, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def single_client(location: str, folder: Path | None, shas: list[str], repeat: int) -> dict[str, list[float]]:
+    """p50/p95 inputs of the store calls one window makes, on one backend."""
+    rng = random.Random(7)
+    res: dict[str, list[float]] = {}
+    res["open"] = timed(lambda: open_library(location, shared_folder=folder, user="solo").close(), max(5, repeat // 10))
+    with open_library(location, shared_folder=folder, user="solo") as store:
+        def stats() -> None:
+            store.count_images()
+            store.count_images(ImageFilter(unlabelled=False))
+            store.count_images(ImageFilter(synthetic=True))
+            for review in ("pending", "accepted", "rejected"):
+                store.count_images(ImageFilter(review=review))
+            store.classes()
+            store.labels_version()
+
+        def query() -> None:
+            record = store.find_image(rng.choice(shas))
+            assert record is not None
+            store.get_embeddings("bench@1", [record.id])
+            store.labels_version()
+            store.images(ImageFilter(ids=[rng.randrange(1, len(shas)) for _ in range(5)]))
+
+        def label() -> None:
+            image_id = rng.randrange(1, len(shas))
+            store.set_label(image_id, rng.choice(CLASSES), source="expert",
+                            expected_version=store.get_image(image_id).label_version)
+
+        stats()  # warm connection and caches as a running window has them
+        res["stats"] = timed(stats, repeat)
+        res["query"] = timed(query, repeat)
+        res["label"] = timed(label, repeat)
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="images in the library")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--labels", type=int, default=2000, help="labels each client sets")
+    parser.add_argument("--hot", type=float, default=0.2, help="fraction of picks among 20 shared images")
+    parser.add_argument("--dim", type=int, default=1280, help="embedding size")
+    parser.add_argument("--repeat", type=int, default=300, help="repetitions of each single-client call")
+    parser.add_argument("--url", default=None, help="an empty database to use instead of a throwaway server")
+    parser.add_argument("--folder", default=None, help="its shared folder (with --url)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="nmid-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        server = None
+        if args.url:
+            url, folder = args.url, Path(args.folder or tmp / "shared")
+        else:
+            from pg_server import PgServer
+
+            server = PgServer().start()
+            url, folder = server.create_database("bench"), tmp / "shared"
+        try:
+            t0 = time.perf_counter()
+            shas = build_sqlite(tmp, args.n, args.dim)
+            built = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            with open_library(tmp / "sqlite") as src, open_library(url, shared_folder=folder, user="seed") as dst:
+                run_job(copy_library(src, dst))
+            copied = time.perf_counter() - t0
+            print(f"library: {args.n} images ({args.n // 2} labelled), {args.dim}-d embeddings; "
+                  f"built on SQLite in {built:.1f} s, copied to PostgreSQL in {copied:.1f} s")
+
+            jobs = [(url, str(folder), k, args.labels, args.hot, args.n) for k in range(args.clients)]
+            t0 = time.perf_counter()
+            with mp.get_context("spawn").Pool(args.clients) as pool:
+                results = pool.map(client, jobs)
+            wall = time.perf_counter() - t0
+            latencies = [x for r in results for x in r["latencies"]]
+            applied = [x for r in results for x in r["applied"]]
+            busy = max(r["wall"] for r in results)
+            with open_library(url, shared_folder=folder, user="check") as store:
+                lost = lost_updates(store, applied)
+            print(f"\n{args.clients} concurrent clients x {args.labels} labels (hot fraction {args.hot}):")
+            print(f"  labels/s overall      {len(applied) / busy:8.0f}   ({len(applied)} labels in {busy:.1f} s; "
+                  f"{wall:.1f} s with process start)")
+            print(f"  label change p50/p95  {1000 * pct(latencies, 50):8.2f} / {1000 * pct(latencies, 95):.2f} ms")
+            print(f"  conflicts detected    {sum(r['conflicts'] for r in results):8d}")
+            print(f"  lost updates          {lost:8d}")
+
+            sqlite = single_client(str(tmp / "sqlite"), None, shas, args.repeat)
+            pg = single_client(url, folder, shas, args.repeat)
+            print(f"\nsingle client, p50 / p95 in ms over {args.repeat} calls (open: fewer):")
+            print(f"  {'':<8}{'SQLite':>18}{'PostgreSQL':>20}{'p95 ratio':>12}")
+            for name in ("open", "stats", "query", "label"):
+                a, b = sqlite[name], pg[name]
+                print(f"  {name:<8}{1000 * pct(a, 50):8.2f} / {1000 * pct(a, 95):7.2f}"
+                      f"{1000 * pct(b, 50):10.2f} / {1000 * pct(b, 95):7.2f}{pct(b, 95) / pct(a, 95):11.2f}x")
+        finally:
+            if server is not None:
+                server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
