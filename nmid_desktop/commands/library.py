@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from nmid_desktop.commands._common import add_library_arg, drive, library_location, open_store
+from nmid_desktop.commands._common import add_library_arg, drive, open_store
 from nmid_desktop.core.config import load_settings
 from nmid_desktop.core.errors import LibraryError, NmidError
 from nmid_desktop.core.importer import LAYOUTS, ImportReport, import_csv, import_files, import_folder

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from nmid_desktop.core.errors import ConfigError
 from nmid_desktop.core.fileio import atomic_write_text

@@ -136,8 +136,8 @@ def similar(
         # Only images whose vectors are known can be scored; the rest are not yet embedded.
         candidates = candidates[searcher.known(candidates)]
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        chosen = generator.choice(candidates, size=min(k, len(candidates)), replace=False) if len(candidates) else []
-        chosen = [int(i) for i in chosen]
+        drawn: np.ndarray | list[int] = generator.choice(candidates, size=min(k, len(candidates)), replace=False) if len(candidates) else []
+        chosen = [int(i) for i in drawn]
         sims = searcher.similarity(query, chosen)
         picked = list(zip(chosen, sims.tolist(), strict=True))
     info = pool.details([i for i, _ in picked]) if pool.details is not None else {}

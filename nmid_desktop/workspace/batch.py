@@ -9,14 +9,18 @@ the table fills while the batch runs; cancelling keeps everything finished.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
-from nmid_desktop.core.store import open_library
+from nmid_desktop.core.store import Store, open_library
+
+if TYPE_CHECKING:
+    from nmid_desktop.predict.service import Classifier
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,16 @@ def _replace(row: BatchRow, **changes: Any) -> BatchRow:
     return replace(row, **changes)
 
 
-def _model_pass(store, classifier, ids, settings, token, rows, summary, estimate_only):  # noqa: ANN001, ANN202
+def _model_pass(
+    store: Store,
+    classifier: Classifier,
+    ids: list[int],
+    settings: Settings,
+    token: CancelToken,
+    rows: dict[int, BatchRow],
+    summary: BatchSummary,
+    estimate_only: bool,
+) -> Generator[Progress, None, None]:
     """Ask the model about every image (a sub-job of :func:`batch_job`)."""
     from nmid_desktop.lmm.predict import LmmPrediction, predict_images
 

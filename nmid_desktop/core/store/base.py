@@ -20,9 +20,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+# What the library's key-value metadata holds (stored as JSON).
+JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
 
 LABEL_SOURCES = ("import", "expert", "local", "lmm", "synthetic")
 REVIEW_STATES = ("pending", "accepted", "rejected")
@@ -401,11 +403,11 @@ class Store(abc.ABC):
         """Store split assignments. Images already in ``test`` keep it: a test set is fixed once defined."""
 
     @abc.abstractmethod
-    def get_meta(self, key: str, default: Any = None) -> Any:
+    def get_meta(self, key: str, default: JsonValue = None) -> JsonValue:
         """A JSON value stored under ``key``."""
 
     @abc.abstractmethod
-    def set_meta(self, key: str, value: Any) -> None:
+    def set_meta(self, key: str, value: JsonValue) -> None:
         """Store a JSON-serialisable value under ``key``."""
 
     def iter_images(self, flt: ImageFilter | None = None, batch: int = 1000) -> Iterator[ImageRecord]:

@@ -54,7 +54,7 @@ _MIGRATION_LOCK = 0x6E6D6964  # pg_advisory_xact_lock key: one client migrates a
 NOTIFY_CHANNEL = "nmid_labels"  # every label change notifies it with the new labels version
 
 
-class _Row(tuple):  # type: ignore[type-arg]
+class _Row(tuple):
     """A result row addressable by position and by column name, like ``sqlite3.Row``."""
 
     _names: dict[str, int] = {}

@@ -10,7 +10,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -47,7 +47,7 @@ _NO_PROV = dict.fromkeys(_PROV_KEYS)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _check_finite(value: float | None, what: str) -> float | None:
@@ -60,13 +60,13 @@ def _check_finite(value: float | None, what: str) -> float | None:
 
 
 
-class Row(Protocol):
-    """A result row addressable by column name and by position (Row, our psycopg rows)."""
+class _DbRow(Protocol):
+    """A result row addressable by column name and by position (_DbRow, our psycopg rows)."""
 
     def __getitem__(self, key: int | str) -> Any: ...
 
 
-class Cursor(Protocol):
+class _DbCursor(Protocol):
     """The part of a DB-API cursor the shared logic uses."""
 
     def fetchone(self) -> Any: ...
@@ -85,7 +85,7 @@ class SqlBase(Store):
 
     # -- dialect hooks ------------------------------------------------------------------
     @abc.abstractmethod
-    def _q(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+    def _q(self, sql: str, params: Sequence[Any] = ()) -> _DbCursor:
         """Run one statement (``?`` placeholders) on this thread's connection."""
 
     @abc.abstractmethod
@@ -212,7 +212,7 @@ class SqlBase(Store):
             raise LibraryError(f"{source}: cannot copy into the library: {exc.strerror or exc}") from exc
         return rel
 
-    def _record(self, row: Row) -> ImageRecord:
+    def _record(self, row: _DbRow) -> ImageRecord:
         stored = bool(row["stored"])
         crop = None if row["crop_x0"] is None else (row["crop_x0"], row["crop_y0"], row["crop_x1"], row["crop_y1"])
         return ImageRecord(
@@ -300,7 +300,7 @@ class SqlBase(Store):
             )
 
     # -- taxonomy -----------------------------------------------------------------------
-    def _class_row(self, name: str) -> Row | None:
+    def _class_row(self, name: str) -> _DbRow | None:
         return self._q("SELECT * FROM classes WHERE name = ?", (name,)).fetchone()
 
     def _class_record(self, class_id: int) -> ClassRecord:
@@ -311,7 +311,7 @@ class SqlBase(Store):
         ).fetchone()
         return ClassRecord(row["id"], row["name"], row["description"], row["color"], row["n"])
 
-    def _require_class(self, name: str) -> Row:
+    def _require_class(self, name: str) -> _DbRow:
         row = self._class_row(validate_label(name))
         if row is None:
             raise LabelError(f"no class named {name!r} in this library")

@@ -26,10 +26,10 @@ from nmid_desktop.core.store.sql_base import (
     _IMAGE_SELECT,
     _NO_PROV,
     _PROV_KEYS,
-    Row,
     SqlBase,
     T,
     _check_finite,
+    _DbRow,
     _now,
 )
 
@@ -112,20 +112,20 @@ class LabelsMixin(SqlBase):
             return len(ids)
 
     # -- labels and history ---------------------------------------------------------------
-    def _image_row(self, image_id: int) -> Row:
+    def _image_row(self, image_id: int) -> _DbRow:
         row = self._q(_IMAGE_SELECT + " WHERE i.id = ?", (int(image_id),)).fetchone()
         if row is None:
             raise LibraryError(f"no image with id {image_id} in the library {self.root}")
         return row
 
     @staticmethod
-    def _prov(row: Row) -> dict[str, Any]:
+    def _prov(row: _DbRow) -> dict[str, Any]:
         return {key: row[f"label_{key}"] for key in _PROV_KEYS}
 
     def _insert_event(
         self,
         kind: str,
-        row: Row,
+        row: _DbRow,
         new_class_id: int | None,
         new_review: str,
         new_prov: dict[str, Any],
@@ -189,7 +189,7 @@ class LabelsMixin(SqlBase):
         return self._event_record(row)
 
     @staticmethod
-    def _event_record(row: Row) -> LabelEvent:
+    def _event_record(row: _DbRow) -> LabelEvent:
         return LabelEvent(
             id=row["id"],
             image_id=row["image_id"],
@@ -323,7 +323,7 @@ class LabelsMixin(SqlBase):
             return class_id
         return None if name is None else self._class_id(name)
 
-    def _group(self, row: Row, undone: int) -> list[Row]:
+    def _group(self, row: _DbRow, undone: int) -> list[_DbRow]:
         if row["grp"] is None:
             return [row]
         order = "DESC" if undone == 0 else "ASC"
@@ -332,7 +332,7 @@ class LabelsMixin(SqlBase):
             (row["grp"], undone),
         ).fetchall())
 
-    def _check_not_overwritten(self, events: list[Row], doing: str) -> None:
+    def _check_not_overwritten(self, events: list[_DbRow], doing: str) -> None:
         """Refuse to undo or redo over a later change of someone else's, naming their label."""
         for ev in events:
             later = self._q(
@@ -426,7 +426,7 @@ class LabelsMixin(SqlBase):
         # Read the version first: a change committed between the two reads is listed now and again next time
         # (harmless), never skipped.
         now = self.labels_version()
-        taxonomy = int(self.get_meta("taxonomy_version", "0") or 0)
+        taxonomy = int(str(self.get_meta("taxonomy_version", "0") or 0))
         if taxonomy > version:
             return LabelChanges(version=now, images=[], full=True)
         rows = self._q(_IMAGE_SELECT + " WHERE i.changed_version > ? ORDER BY i.id", (int(version),)).fetchall()

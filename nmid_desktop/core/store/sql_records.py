@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -15,12 +14,13 @@ from nmid_desktop.core.store.base import (
     SPLITS,
     DescriptionRecord,
     DescriptionRow,
+    JsonValue,
     PredictionRecord,
 )
 from nmid_desktop.core.store.sql_base import (
-    Row,
     SqlBase,
     _check_finite,
+    _DbRow,
     _now,
 )
 
@@ -114,7 +114,7 @@ class RecordsMixin(SqlBase):
             raise LibraryError(f"cannot store a prediction for image {p.image_id}: {exc}") from exc
 
     @staticmethod
-    def _prediction(row: Row) -> PredictionRecord:
+    def _prediction(row: _DbRow) -> PredictionRecord:
         return PredictionRecord(
             image_id=row["image_id"],
             predictor=row["predictor"],
@@ -221,11 +221,11 @@ class RecordsMixin(SqlBase):
             except self._integrity_error as exc:
                 raise LibraryError(f"cannot store the split: unknown image id ({exc})") from exc
 
-    def get_meta(self, key: str, default: Any = None) -> Any:
+    def get_meta(self, key: str, default: JsonValue = None) -> JsonValue:
         row = self._q("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
-    def set_meta(self, key: str, value: Any) -> None:
+    def set_meta(self, key: str, value: JsonValue) -> None:
         text = json.dumps(value)
         with self.transaction():
             self._q(
