@@ -30,9 +30,12 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command."""
+    from nmid_desktop.commands._common import EXIT_CODES
+
     parser = argparse.ArgumentParser(
         prog="nmid",
         description="Classify electron micrographs from retrieved, labelled demonstrations.",
+        epilog=EXIT_CODES[0].upper() + EXIT_CODES[1:] + ".",
     )
     parser.add_argument("--version", action="version", version=f"nmid-desktop {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")

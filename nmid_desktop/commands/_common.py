@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -87,3 +88,19 @@ def drive(job: Job[T], token: CancelToken | None = None) -> T:
         raise
     finally:
         line.close()
+
+
+EXIT_CODES = (
+    "exit status: 0 when every item succeeded; 1 when any item failed, or a budget or a cancel stopped a "
+    "batch (what was done is kept); 2 for a usage error; 130 on Ctrl+C"
+)
+
+
+def batch_exit_code(failures: Sequence[object], stopped: str | None) -> int:
+    """The one exit-code rule of every batch command (see :data:`EXIT_CODES`).
+
+    Args:
+        failures: The items that failed.
+        stopped: Why the batch stopped early (``budget``, ``cancelled``), or None when it ran to the end.
+    """
+    return 1 if failures or stopped else 0

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nmid_desktop.commands._common import add_library_arg, library_path, open_store
+from nmid_desktop.commands._common import add_library_arg, batch_exit_code, library_path, open_store
 from nmid_desktop.core.config import Settings, load_settings
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.lmm.usage import record_paid_call
@@ -190,7 +190,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         print(f"nmid: {item}: {reason}", file=sys.stderr)
     if batch.stopped == "budget":
         print("nmid: stopped at the budget cap (setting lmm.budget_usd)", file=sys.stderr)
-    return 1 if batch.failures or batch.stopped else 0
+    return batch_exit_code(batch.failures, batch.stopped)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nmid_desktop.commands._common import add_library_arg, drive, open_store
+from nmid_desktop.commands._common import add_library_arg, batch_exit_code, drive, open_store
 from nmid_desktop.core.config import load_settings
 from nmid_desktop.core.errors import LabelError, NmidError
 
@@ -221,11 +221,11 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 if args.save:
                     store.add_prediction(ranking.to_prediction(ids[path], model=clf.encoder.key))
         if predictor in ("lmm", "both"):
-            _classify_lmm(store, clf, args, settings, ids)
+            return _classify_lmm(store, clf, args, settings, ids)
     return 0
 
 
-def _classify_lmm(store: Any, clf: Any, args: argparse.Namespace, settings: Any, ids: dict[Path, int]) -> None:
+def _classify_lmm(store: Any, clf: Any, args: argparse.Namespace, settings: Any, ids: dict[Path, int]) -> int:
     try:
         from nmid_desktop.lmm.predict import predict_images
     except ImportError as exc:
@@ -236,7 +236,7 @@ def _classify_lmm(store: Any, clf: Any, args: argparse.Namespace, settings: Any,
     batch = drive(predict_images(store, clf, items, settings, dry_run=args.dry_run))
     if batch.dry_run:
         print(f"estimate: {batch.estimate.summary()} (nothing sent)")
-        return
+        return 0
     for prediction in batch:
         label = prediction.label if prediction.valid else f"invalid ({prediction.reason})"
         print(f"{prediction.item}: {label} (lmm {prediction.model}): {_ranking_text(list(prediction.ranking))}")
@@ -246,6 +246,7 @@ def _classify_lmm(store: Any, clf: Any, args: argparse.Namespace, settings: Any,
         print(f"{item}: failed: {reason}")
     if batch.stopped == "budget":
         print("stopped: the budget (lmm.budget_usd) would be exceeded")
+    return batch_exit_code(batch.failures, batch.stopped)
 
 
 # -- nmid evaluate ---------------------------------------------------------------------

@@ -128,3 +128,18 @@ def test_questions_use_selects_a_set_by_id_or_by_path(library, tmp_path, capsys)
     assert library.get_meta(QUESTION_SET_META) == str(elsewhere.path.resolve())
     assert nmid("questions", "--show", "mine-v1", "--library", str(library.root)) == 1  # not in a searched folder
     assert "no question set 'mine-v1'" in capsys.readouterr().err
+
+
+def test_classify_exits_1_when_every_model_call_failed(server, configured, library, capsys) -> None:
+    """One exit-code rule: a batch in which any item failed exits 1, the answers that came are kept."""
+    from fake_openai_server import error_reply
+
+    from nmid_desktop.cli import main
+
+    server.chat_default = lambda req: error_reply(400, "this request is refused")
+    image = library.images()[0].path
+    library.close()
+    code = main(["classify", str(image), "--predictor", "lmm", "--encoder", "efficientnet-lite0-imagenet", "--library", str(library.root)])
+    out = capsys.readouterr()
+    assert code == 1, out.out + out.err
+    assert "failed" in out.out
