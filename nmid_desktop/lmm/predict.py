@@ -45,6 +45,7 @@ from nmid_desktop.lmm.paid_batch import paid_calls
 from nmid_desktop.lmm.parsing import ParsedPrediction, parse_prediction, ranking_from
 from nmid_desktop.lmm.questions import PromptTemplate, load_prompt
 from nmid_desktop.lmm.usage import record_paid_call
+from nmid_desktop.predict.retrieval import DemonstrationSource
 
 log = logging.getLogger(__name__)
 
@@ -336,19 +337,16 @@ class _Query:
     demos: list[tuple[ImageSource, str]]
 
 
-def _demonstrations(store: Store, classifier: Any, item: Any, source: ImageSource, settings: Settings) -> list[tuple[ImageSource, str]]:
+def _demonstrations(
+    store: Store, classifier: DemonstrationSource, item: Any, source: ImageSource, settings: Settings
+) -> list[tuple[ImageSource, str]]:
     """The K demonstrations of one query through the classifier, never the query itself."""
-    import inspect
-
     from nmid_desktop.lmm.images import source_from_record
 
     k = settings.k
     if source.image_id is not None:
         vector = classifier.embed_image(source.image_id)
-        if "exclude_ids" in inspect.signature(classifier.similar).parameters:
-            found = classifier.similar(vector, k, settings.strategy, exclude_ids=[source.image_id])
-        else:  # ask for one more and drop the query below
-            found = classifier.similar(vector, k + 1, settings.strategy)
+        found = classifier.similar(vector, k, settings.strategy, exclude_ids=[source.image_id])
     else:
         vector = classifier.embed_file(Path(source.path))
         found = classifier.similar(vector, k, settings.strategy)
@@ -365,7 +363,7 @@ def _demonstrations(store: Store, classifier: Any, item: Any, source: ImageSourc
 
 def predict_images(
     store: Store,
-    classifier: Any,
+    classifier: DemonstrationSource,
     paths_or_ids: Sequence[Any],
     settings: Settings,
     *,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -90,6 +92,25 @@ class DemoPool:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+
+class DemonstrationSource(Protocol):
+    """What the model's few-shot prediction needs from retrieval (the :class:`Classifier` has it)."""
+
+    def embed_image(self, image_id: int) -> np.ndarray:
+        """The embedding of a library image. Shape (D,)."""
+        ...
+
+    def embed_file(self, path: Path) -> np.ndarray:
+        """The embedding of an image file. Shape (D,)."""
+        ...
+
+    def similar(
+        self, vector: np.ndarray, k: int | None = None, strategy: str | None = None, exclude_ids: Iterable[int] = ()
+    ) -> list[Demonstration]:
+        """The demonstrations for a query embedding, never one of ``exclude_ids``."""
+        ...
 
 
 def similar(
