@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from nmid_desktop import __version__
 from nmid_desktop.core.errors import Cancelled, NmidError
+from nmid_desktop.core.text import printable
 
 # Order is the order of `nmid --help`. A module missing here is a bug, not an option.
 COMMAND_MODULES = (
@@ -22,6 +23,7 @@ COMMAND_MODULES = (
     "nmid_desktop.commands.train",
     "nmid_desktop.commands.retrieval",
     "nmid_desktop.commands.lmm",
+    "nmid_desktop.commands.cache",
     "nmid_desktop.commands.gui",
 )
 
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except NmidError as exc:
-        print(f"nmid: error: {exc}", file=sys.stderr)
+        print(f"nmid: error: {printable(str(exc))}", file=sys.stderr)
         return 1
 
 

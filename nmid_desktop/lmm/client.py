@@ -429,6 +429,8 @@ class LmmClient:
         backoff_s: First backoff wait; doubled for every further retry.
         backoff_max_s: Longest wait; a server asking for more is reported, not obeyed.
         http_client: Optional ``httpx2.Client`` (proxies, custom TLS).
+        refresh: Never serve answers from the cache: ask again, and replace the cached
+            answer with the new one (a paid command's ``--refresh``).
     """
 
     def __init__(
@@ -439,12 +441,14 @@ class LmmClient:
         backoff_s: float = 1.0,
         backoff_max_s: float = 60.0,
         http_client: Any = None,
+        refresh: bool = False,
     ) -> None:
         import openai
 
         endpoint.check_transport()
         self.endpoint = endpoint
         self.cache = cache
+        self.refresh = refresh
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.structured_outputs_ok: bool | None = None  # learned from the first rejection
@@ -467,18 +471,30 @@ class LmmClient:
 
     @classmethod
     def from_settings(
-        cls, lmm: LmmSettings, *, cache: ResponseCache | None | bool = True, backoff_s: float = 1.0
+        cls,
+        lmm: LmmSettings,
+        *,
+        cache: ResponseCache | None | bool = True,
+        backoff_s: float = 1.0,
+        refresh: bool = False,
     ) -> LmmClient:
         """A client for the configured endpoint, with the default disk cache.
 
+        Args:
+            lmm: The endpoint settings.
+            cache: True for the default disk cache, False/None for none, or a cache.
+            backoff_s: First wait between retries.
+            refresh: Ask again instead of serving cached answers (see :class:`LmmClient`).
+
         Raises:
             NoEndpointError: When neither base URL nor key is configured.
+            InsecureEndpointError: For plain http to another host without consent.
         """
         if cache is True:
             cache = ResponseCache()
         elif cache is False:
             cache = None
-        return cls(require_endpoint(lmm), cache=cache, backoff_s=backoff_s)
+        return cls(require_endpoint(lmm), cache=cache, backoff_s=backoff_s, refresh=refresh)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -654,7 +670,7 @@ class LmmClient:
         so a rerun asks again; an unusable entry left by an older version is ignored.
         """
         key = request_key(self.endpoint.base_url, kind, request) if self.cache is not None else ""
-        if self.cache is not None and not refresh:
+        if self.cache is not None and not (refresh or self.refresh):
             hit = self.cache.get(key)
             if hit is not None and usable(hit):
                 log.debug("cache hit for %s %s", kind, request.get("model"))

@@ -66,3 +66,38 @@ def client(settings: Settings, cache: ResponseCache) -> Iterator[LmmClient]:
     c = LmmClient(require_endpoint(settings.lmm), cache=cache, backoff_s=0.01)
     yield c
     c.close()
+
+
+@pytest.fixture
+def prices(tmp_path: Path):
+    from lmm_helpers import PRICES_TOML
+
+    from nmid_desktop.lmm.cost import PriceTable
+
+    path = tmp_path / "prices.toml"
+    path.write_text(PRICES_TOML, encoding="utf-8")
+    return PriceTable.load(path)
+
+
+@pytest.fixture
+def library(tmp_path: Path):
+    """A library of 4 labelled PNGs in 2 classes, imported through the real importer."""
+    from lmm_helpers import grey
+    from PIL import Image
+
+    from nmid_desktop.core.importer import import_files
+    from nmid_desktop.core.jobs import run_job
+    from nmid_desktop.core.store import open_library
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    store = open_library(tmp_path / "lib")
+    for label, seed0 in (("crazing", 0), ("inclusion", 100)):
+        paths = []
+        for i in range(2):
+            path = folder / f"{label}_{i}.png"
+            Image.fromarray(grey((96, 80), seed0 + i)).save(path)
+            paths.append(path)
+        run_job(import_files(store, paths, label=label, detect_bar=False))
+    yield store
+    store.close()
