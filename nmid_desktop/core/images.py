@@ -20,7 +20,9 @@ without us disabling the protection process-wide.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from nmid_desktop.core.errors import ImageError
+from nmid_desktop.core.fileio import open_regular
 
 DEFAULT_MAX_PIXELS = 400_000_000
 """Default decompression-bomb limit; ``Settings.max_pixels`` overrides it."""
@@ -81,6 +84,8 @@ class ImageInfo:
         channels: Samples per pixel (1 grey, 3 RGB, 4 RGBA, 2 grey+alpha).
         pixel_size_m: Physical pixel size in metres from vendor metadata, or None.
         metadata: Small JSON-able facts found in the file (instrument, kV, magnification, ...).
+        damage: Why the file holds fewer pages than it claims (a truncated multi-page TIFF
+            whose page list ends in an offset past the end of the file), or "".
     """
 
     path: Path
@@ -92,6 +97,7 @@ class ImageInfo:
     channels: int
     pixel_size_m: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    damage: str = ""
 
     @property
     def pixels(self) -> int:
@@ -128,21 +134,17 @@ class Micrograph:
 
 def _sniff(path: Path) -> tuple[str, int]:
     """Return (format, file size) from the first bytes, or raise ImageError."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except OSError as exc:
-        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
     if path.is_dir():
         raise ImageError(path, "is a folder, not an image file")
-    if size == 0:
-        raise ImageError(path, "file is empty (0 bytes)")
     try:
-        with path.open("rb") as handle:
+        # Regular files only: a FIFO or a link to /dev/zero would block or never end.
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
             head = handle.read(64)
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise ImageError(path, "file is empty (0 bytes)")
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             return fmt, size
@@ -279,6 +281,37 @@ def _pil_raw(path: Path, fmt: str, im: Any, info: ImageInfo) -> np.ndarray:
 # ----------------------------------------------------------------------------- TIFF path
 
 
+class _TiffLogCapture(logging.Handler):
+    """Collects tifffile's error log lines per thread (imports read files in parallel).
+
+    tifffile reports a page list that points past the end of a truncated file only as
+    a log line and then lists fewer pages; the line is turned into ``ImageInfo.damage``
+    instead of going to stderr.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = getattr(self.local, "lines", None)
+        if lines is not None:
+            lines.append(record.getMessage())
+        else:
+            logging.getLogger(__name__).debug("tifffile: %s", record.getMessage())
+
+
+_TIFF_LOG = _TiffLogCapture()
+_TIFF_DAMAGE_WORDS = ("invalid page offset", "invalid offset to page", "corrupted tag list", "circular reference")
+
+
+def _tiff_damage(lines: list[str]) -> str:
+    for line in lines:
+        if any(word in line for word in _TIFF_DAMAGE_WORDS):
+            return "the file is truncated or damaged: its list of pages breaks off, so later pages are missing"
+    return ""
+
+
 def _tiff_open(path: Path) -> Any:
     import tifffile
 
@@ -305,6 +338,10 @@ def _tiff_page_geometry(page: Any) -> tuple[int, int, int, str]:
 
 
 def _tiff_info(path: Path, tif: Any) -> ImageInfo:
+    logger = logging.getLogger("tifffile")
+    if _TIFF_LOG not in logger.handlers:
+        logger.addHandler(_TIFF_LOG)
+    _TIFF_LOG.local.lines = lines = []
     try:
         n_pages = len(tif.pages)
         page = tif.pages.first
@@ -313,6 +350,8 @@ def _tiff_info(path: Path, tif: Any) -> ImageInfo:
         raise
     except Exception as exc:
         raise ImageError(path, f"corrupt TIFF header ({_short(exc)})") from None
+    finally:
+        _TIFF_LOG.local.lines = None
     pixel_size, metadata = _tiff_vendor_metadata(tif)
     return ImageInfo(
         path=path,
@@ -324,6 +363,7 @@ def _tiff_info(path: Path, tif: Any) -> ImageInfo:
         channels=channels,
         pixel_size_m=pixel_size,
         metadata=metadata,
+        damage=_tiff_damage(lines),
     )
 
 
@@ -368,7 +408,17 @@ def _apply_colormap(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
 
 def _tiff_layout(path: Path, raw: np.ndarray, page: Any) -> np.ndarray:
     """Bring a tifffile page array to 2-D grey or HxWxC."""
-    raw = np.squeeze(raw)
+    height = int(getattr(page, "imagelength", 0) or 0)
+    width = int(getattr(page, "imagewidth", 0) or 0)
+    samples = int(getattr(page, "samplesperpixel", 1) or 1)
+    if raw.size == height * width * samples and (height == 1 or width == 1):
+        # np.squeeze would drop a 1-pixel-wide axis and leave a 1-D "image": shape it from the header.
+        if samples > 1 and getattr(page, "planarconfig", 1) == 2:
+            raw = np.moveaxis(raw.reshape(samples, height, width), 0, -1)
+        else:
+            raw = raw.reshape((height, width, samples) if samples > 1 else (height, width))
+    else:
+        raw = np.squeeze(raw)
     if raw.ndim == 3 and getattr(page, "planarconfig", 1) == 2 and raw.shape[0] <= 4 < raw.shape[2]:
         raw = np.moveaxis(raw, 0, -1)  # planar (separate) samples: SYX -> YXS
     if raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[2] > 4):
