@@ -28,6 +28,13 @@ COMMAND_MODULES = (
 )
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a file name can hold terminal escape codes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), keep_newlines=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
@@ -50,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

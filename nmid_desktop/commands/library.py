@@ -14,6 +14,7 @@ from nmid_desktop.core.config import load_settings
 from nmid_desktop.core.errors import LibraryError, NmidError
 from nmid_desktop.core.importer import LAYOUTS, ImportReport, import_csv, import_files, import_folder
 from nmid_desktop.core.store import LABEL_SOURCES, REVIEW_STATES, ImageFilter, Store, open_library
+from nmid_desktop.core.text import printable
 
 _LIST_LIMIT = 20  # lines of duplicates / skipped files printed before "... and N more"
 
@@ -127,7 +128,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     detect_bar=settings.crop_data_bar, actor="demo",
                 )
             )
-            print("demo: " + format_import(report))
+            print(printable("demo: " + format_import(report), keep_newlines=True))
             print(describe_library(store))
     return 0
 
@@ -159,7 +160,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             if args.layout != "auto":
                 raise NmidError("--layout applies to importing one folder without --label")
             report = drive(import_files(store, paths, args.label, **options))
-        print(format_import(report))
+        print(printable(format_import(report), keep_newlines=True))  # file names may hold escapes
     return 0
 
 
