@@ -279,10 +279,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         report = drive(
             export_dataset(
                 store, Path(args.out), split=args.split, seed=args.seed, include_pending=args.include_pending,
-                copy_mode=args.copy_mode,
+                copy_mode=args.copy_mode, pixels=args.pixels,
             )
         )
-        print(report.summary())
+        print(printable(report.summary(), keep_newlines=True))
         if report.copied_instead:
             print(f"{report.copied_instead} links could not be made and were copied")
     return 0
@@ -402,6 +402,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--include-pending", action="store_true", help="also export labels nobody has reviewed")
     p.add_argument("--copy-mode", choices=("copy", "hardlink", "symlink"), default="copy",
                    help="how files are written (default: copy)")
+    p.add_argument("--pixels", choices=("raw", "view8"), default="raw",
+                   help="raw: the files as imported (default); view8: the 8-bit model view as PNG "
+                   "(data bar cropped), which torchvision loads as the encoder saw it")
     p.set_defaults(func=_cmd_export)
 
 
