@@ -45,6 +45,7 @@ export into the same parent folder.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
@@ -456,8 +457,17 @@ def export_dataset(
                          f"not exported; import {image.path} again to label the new content")
                     )
                     continue
-                except (OSError, ImageError) as exc:
-                    report.skipped.append((image.id, f"cannot write: {getattr(exc, 'strerror', None) or exc}"))
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                        # Every later file would fail the same way: stop, and leave nothing half-written.
+                        raise NmidError(
+                            f"the disk holding {out_dir} is full ({exc.strerror}): the export was stopped and its "
+                            "partial folder removed; free some space and export again"
+                        ) from None
+                    report.skipped.append((image.id, f"cannot write: {exc.strerror or exc}"))
+                    continue
+                except ImageError as exc:
+                    report.skipped.append((image.id, f"cannot write: {exc}"))
                     continue
                 row = _row(image, rel, which)
                 writer.writerow({k: _csv_value(v) for k, v in row.items()})

@@ -540,6 +540,9 @@ def _run(
     total = len(entries)
     if total == 0:
         return report
+    cleaner = getattr(store, "clean_temporary_files", None)
+    if callable(cleaner):
+        cleaner()  # copies a killed import left behind
     committer = _Committer(store, copy=copy, actor=actor)
     n_workers = workers or max(1, min(4, os.cpu_count() or 1))
     pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="nmid-import")
