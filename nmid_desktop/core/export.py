@@ -4,8 +4,9 @@ Layout of ``out_dir``::
 
     train/<class folder>/<file>    val/...    test/...
     manifest.csv  manifest.jsonl   one row per image with its provenance
-    metadata.jsonl                 the same rows with ``file_name``, where Hugging Face
-                                   ``imagefolder`` reads metadata (it ignores manifest.*)
+    <split>/metadata.jsonl         that split's rows with ``file_name`` relative to it, where
+                                   Hugging Face ``imagefolder`` reads metadata (it ignores
+                                   manifest.*; one metadata file per folder, never also a .csv)
     classes.json                   class folder -> name, description, colour
     class_to_idx.json              class folder -> index, the same in every split
 
@@ -44,6 +45,7 @@ export into the same parent folder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -416,7 +418,8 @@ def export_dataset(
                 (tmp / which / folder).mkdir(parents=True, exist_ok=True)
         with (tmp / "manifest.csv").open("w", newline="", encoding="utf-8") as csv_file, (
             tmp / "manifest.jsonl"
-        ).open("w", encoding="utf-8") as jsonl_file, (tmp / "metadata.jsonl").open("w", encoding="utf-8") as hf_file:
+        ).open("w", encoding="utf-8") as jsonl_file, contextlib.ExitStack() as hf_files:
+            hf = {which: hf_files.enter_context((tmp / which / "metadata.jsonl").open("w", encoding="utf-8")) for which in SPLITS}
             writer = csv.DictWriter(csv_file, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
             for n, image in enumerate(images, start=1):
@@ -472,7 +475,8 @@ def export_dataset(
                 row = _row(image, rel, which)
                 writer.writerow({k: _csv_value(v) for k, v in row.items()})
                 jsonl_file.write(json.dumps(row, ensure_ascii=False) + "\n")
-                hf_file.write(json.dumps({"file_name": rel, **row}, ensure_ascii=False) + "\n")
+                # Hugging Face resolves file_name against the metadata file's own folder.
+                hf[which].write(json.dumps({"file_name": rel.split("/", 1)[1], **row}, ensure_ascii=False) + "\n")
                 per_class = report.counts.setdefault(which, {})
                 per_class[image.label] = per_class.get(image.label, 0) + 1
         described = {c.name: c for c in store.classes()}

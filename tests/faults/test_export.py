@@ -108,31 +108,40 @@ def test_torchvision_gives_each_class_the_same_index_in_every_split(store, tmp_p
     assert seen == 21
 
 
-def test_exactly_one_metadata_file_where_hugging_face_looks(store, tmp_path) -> None:
+def test_exactly_one_metadata_file_per_split_where_hugging_face_looks(store, tmp_path) -> None:
     fill(store, tmp_path, {"crazing": 4, "pitted": 4})
     run_job(export_dataset(store, tmp_path / "out"))
     out = tmp_path / "out"
-    metadata = [p for p in out.rglob("metadata.*")]
-    assert metadata == [out / "metadata.jsonl"]
-    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
-    assert len(rows) == 8
-    for row in rows:
-        assert (out / row["file_name"]).is_file()
-        assert {"sha256", "class", "split", "label_source"} <= set(row)
+    metadata = sorted(p.relative_to(out).as_posix() for p in out.rglob("metadata.*"))
+    assert metadata == ["test/metadata.jsonl", "train/metadata.jsonl", "val/metadata.jsonl"]
+    rows = 0
+    for split in ("train", "val", "test"):
+        for line in (out / split / "metadata.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            assert (out / split / row["file_name"]).is_file() and row["split"] == split
+            assert {"sha256", "class", "label_source"} <= set(row)
+            rows += 1
+    assert rows == 8
 
 
-def test_hugging_face_datasets_loads_the_export_if_installed(store, tmp_path) -> None:
-    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is an optional test dependency")
-    fill(store, tmp_path, {"crazing": 6, "pitted": 6})
+def test_hugging_face_datasets_loads_every_split_with_provenance_and_one_label_order(store, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is an optional test dependency (extra hf)")
+    fill(store, tmp_path, {"crazing": 6, "pitted": 6, "rare": 1})
     run_job(export_dataset(store, tmp_path / "out"))
     loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "out"))
+    assert set(loaded) == {"train", "validation", "test"}
     names = None
+    total = 0
     for split in loaded.values():
-        assert "sha256" in split.column_names
+        assert {"sha256", "class", "label_source"} <= set(split.column_names)
+        total += len(split)
         feature = split.features.get("label")
         if feature is not None:
             names = names or feature.names
             assert feature.names == names
+            for row in split:
+                assert feature.names[row["label"]] == row["class"]
+    assert total == 13
 
 
 def test_the_8_bit_view_of_a_16_bit_tiff_loads_as_an_image_not_a_white_page(store, tmp_path) -> None:

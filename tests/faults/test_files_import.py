@@ -96,7 +96,7 @@ def test_readers_and_the_hash_refuse_non_regular_files_at_once(tmp_path, make: s
         done = threading.Event()
         errors: list[BaseException] = []
 
-        def target(call=call) -> None:
+        def target(call=call, errors=errors, done=done) -> None:
             try:
                 call(path)
             except BaseException as exc:  # noqa: BLE001
