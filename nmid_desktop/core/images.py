@@ -347,7 +347,8 @@ def _tiff_info(path: Path, tif: Any) -> ImageInfo:
     logger = logging.getLogger("tifffile")
     if _TIFF_LOG not in logger.handlers:
         logger.addHandler(_TIFF_LOG)
-    _TIFF_LOG.local.lines = lines = []
+    lines: list[str] = []
+    _TIFF_LOG.local.lines = lines
     try:
         n_pages = len(tif.pages)
         page = tif.pages.first

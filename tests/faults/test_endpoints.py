@@ -159,3 +159,28 @@ def test_models_without_a_data_list_is_a_clear_error(server, client) -> None:
     server.script(MODELS, Reply(body={"object": "list", "data": "nope"}))
     with pytest.raises(MalformedResponseError, match="'data' list"):
         client.list_models()
+
+
+# ----------------------------------------------------------------------------- a batch meets a proxy page
+
+def test_a_describe_batch_hit_by_an_html_page_keeps_what_was_paid(server, library, settings, client, prices) -> None:
+    import json as _json
+
+    from nmid_desktop.core.jobs import run_job
+    from nmid_desktop.lmm.describe import describe_images
+    from nmid_desktop.lmm.questions import load_question_set
+
+    qs = load_question_set()
+    answer = _json.dumps({
+        "groups": [
+            {"group": g, "reasoning": "r", "answers": [{"question": q, "answer": "a"} for q in range(1, len(questions) + 1)]}
+            for g, (_, questions) in enumerate(qs.groups, start=1)
+        ]
+    })
+    settings.lmm.max_concurrency = 1
+    ids = [im.id for im in library.images()[:3]]
+    server.script(CHAT, chat_reply(answer), html_reply(), chat_reply(answer))
+    batch = run_job(describe_images(library, ids, settings, client=client, prices=prices))
+    assert len(batch.failures) == 1 and "not JSON" in batch.failures[0][1]
+    assert sum(1 for d in batch.descriptions if d.ok) == 2
+    assert sum(len(library.descriptions(i)) for i in ids) == 2  # stored, not dropped

@@ -34,7 +34,9 @@ def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(images, "_BAND_PIXELS", 3000)
 
 
-LAYOUTS = [{}, {"tile": (64, 64)}, {"rowsperstrip": 7}, {"photometric": "miniswhite"}, {"compression": "zlib"}, {"byteorder": ">"}]
+LAYOUTS = [
+    {}, {"tile": (64, 64)}, {"rowsperstrip": 7}, {"photometric": "miniswhite"}, {"compression": "zlib"}, {"byteorder": ">"},
+]
 
 
 @hsettings(max_examples=25, deadline=None)

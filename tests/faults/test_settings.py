@@ -108,14 +108,13 @@ def test_printable_output_has_no_control_characters(text: str) -> None:
     assert not any(unicodedata.category(ch) in ("Cc", "Cf") for ch in out)
 
 
-def test_hostile_file_names_are_printed_escaped_by_import_and_similar(tmp_path) -> None:
+def test_hostile_file_names_are_printed_escaped_in_reports_and_errors(tmp_path) -> None:
     hostile = tmp_path / "x\x1b]0;owned\x07.png"
     hostile.write_bytes(b"not an image at all")
-    for command in (["import", str(hostile)], ["similar", str(hostile)]):
-        run = subprocess.run(
-            [sys.executable, "-m", "nmid_desktop.cli", *command, "--library", str(tmp_path / "lib")],
-            capture_output=True, text=True, timeout=120,
-        )
+    # import prints a report line; stats fails on a library path with escapes (the error line).
+    for command in (["import", str(hostile), "--library", str(tmp_path / "lib")],
+                    ["stats", "--library", str(tmp_path / "no\x1b]0;owned\x07lib")]):
+        run = subprocess.run([sys.executable, "-m", "nmid_desktop.cli", *command], capture_output=True, text=True, timeout=120)
         both = run.stdout + run.stderr
         assert "owned" in both  # the file is named ...
         assert "\x1b" not in both and "\x07" not in both  # ... but its escapes do not reach the terminal
