@@ -107,8 +107,8 @@ def _check_files(paths: list[Path]) -> None:
         # One check for every path given: a FIFO or a link to /dev/zero is refused, never read.
         problem = regular_file_problem(path)
         if problem is not None:
-            sep = " " if problem.startswith("is ") else ": "
-            raise NmidError(f"{printable(str(path))}{sep}{problem}")
+            detail = problem if problem.startswith("is ") else f"is not a file ({problem})"
+            raise NmidError(f"{printable(str(path))} {detail}")
 
 
 # -- nmid index ------------------------------------------------------------------------
