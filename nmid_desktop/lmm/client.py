@@ -404,6 +404,18 @@ class _AttemptTimeout(Exception):
     """One HTTP attempt ran past its total time (internal; becomes an :class:`LmmError`)."""
 
 
+def _ssl_context() -> Any:
+    """The HTTP stack's default TLS context (certifi or the system store, as the openai client uses)."""
+    try:
+        import httpx2
+
+        return httpx2.create_ssl_context()
+    except (ImportError, AttributeError):  # pragma: no cover - older openai on httpx
+        import ssl
+
+        return ssl.create_default_context()
+
+
 def httpx_errors() -> tuple[type[BaseException], ...]:
     """The HTTP stack's own base error, for the catch-all around one attempt."""
     try:
@@ -458,6 +470,7 @@ class LmmClient:
         # Without a caller's own HTTP client, each attempt gets a fresh connection pool that the
         # deadline or a cancel can close under a blocked read; a caller's client is shared as is.
         self._own_pools = http_client is None
+        self._ssl_context: Any = None
         if http_client is not None:
             kwargs["http_client"] = http_client
         self._openai = openai.OpenAI(
@@ -703,7 +716,12 @@ class LmmClient:
         api = self._openai
         pool = None
         if self._own_pools:
-            pool = openai.DefaultHttpxClient(timeout=self._openai.timeout)
+            # One TLS context for all pools: building one loads the CA bundle (150-200 ms of
+            # CPU, holding the GIL), a fresh pool on a shared context takes half a millisecond.
+            with self._lock:
+                if self._ssl_context is None:
+                    self._ssl_context = _ssl_context()
+            pool = openai.DefaultHttpxClient(timeout=self._openai.timeout, verify=self._ssl_context)
             api = self._openai.with_options(http_client=pool)
         box: dict[str, Any] = {}
         finished = threading.Event()
