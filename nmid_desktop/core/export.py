@@ -419,7 +419,11 @@ def export_dataset(
         with (tmp / "manifest.csv").open("w", newline="", encoding="utf-8") as csv_file, (
             tmp / "manifest.jsonl"
         ).open("w", encoding="utf-8") as jsonl_file, contextlib.ExitStack() as hf_files:
-            hf = {which: hf_files.enter_context((tmp / which / "metadata.jsonl").open("w", encoding="utf-8")) for which in SPLITS}
+            # A class folder named like the metadata file would clash with it (and confuse HF): none then.
+            clash = any(f.casefold() in ("metadata.jsonl", "metadata.csv") for f in dirnames.values())
+            hf = {} if clash else {
+                which: hf_files.enter_context((tmp / which / "metadata.jsonl").open("w", encoding="utf-8")) for which in SPLITS
+            }
             writer = csv.DictWriter(csv_file, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
             for n, image in enumerate(images, start=1):
@@ -476,7 +480,8 @@ def export_dataset(
                 writer.writerow({k: _csv_value(v) for k, v in row.items()})
                 jsonl_file.write(json.dumps(row, ensure_ascii=False) + "\n")
                 # Hugging Face resolves file_name against the metadata file's own folder.
-                hf[which].write(json.dumps({"file_name": rel.split("/", 1)[1], **row}, ensure_ascii=False) + "\n")
+                if hf:
+                    hf[which].write(json.dumps({"file_name": rel.split("/", 1)[1], **row}, ensure_ascii=False) + "\n")
                 per_class = report.counts.setdefault(which, {})
                 per_class[image.label] = per_class.get(image.label, 0) + 1
         described = {c.name: c for c in store.classes()}
