@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from nmid_desktop import __version__
 from nmid_desktop.core.errors import Cancelled, NmidError
+from nmid_desktop.core.text import printable
 
 # Order is the order of `nmid --help`. A module missing here is a bug, not an option.
 COMMAND_MODULES = (
@@ -24,8 +25,16 @@ COMMAND_MODULES = (
     "nmid_desktop.commands.retrieval",
     "nmid_desktop.commands.lmm",
     "nmid_desktop.commands.review",
+    "nmid_desktop.commands.cache",
     "nmid_desktop.commands.gui",
 )
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a file name can hold terminal escape codes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), keep_newlines=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -71,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except NmidError as exc:
-        print(f"nmid: error: {exc}", file=sys.stderr)
+        print(f"nmid: error: {printable(str(exc))}", file=sys.stderr)
         return 1
 
 

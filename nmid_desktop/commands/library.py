@@ -12,6 +12,7 @@ from nmid_desktop.core.config import load_settings
 from nmid_desktop.core.errors import LibraryError, NmidError
 from nmid_desktop.core.importer import LAYOUTS, ImportReport, import_csv, import_files, import_folder
 from nmid_desktop.core.store import LABEL_SOURCES, REVIEW_STATES, ImageFilter, Store, open_library
+from nmid_desktop.core.text import printable
 
 _LIST_LIMIT = 20  # lines of duplicates / skipped files printed before "... and N more"
 
@@ -119,7 +120,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         report = drive(fill_demo(store, settings, per_class=args.per_class, seed=args.seed, size=args.size,
                                  only_if_empty=False))
         assert report is not None  # only_if_empty=False always imports
-        print("demo: " + format_import(report))
+        print(printable("demo: " + format_import(report), keep_newlines=True))
         print(describe_library(store))
     return 0
 
@@ -151,7 +152,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             if args.layout != "auto":
                 raise NmidError("--layout applies to importing one folder without --label")
             report = drive(import_files(store, paths, args.label, **options))
-        print(format_import(report))
+        print(printable(format_import(report), keep_newlines=True))  # file names may hold escapes
     return 0
 
 
@@ -270,10 +271,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         report = drive(
             export_dataset(
                 store, Path(args.out), split=args.split, seed=args.seed, include_pending=args.include_pending,
-                copy_mode=args.copy_mode,
+                copy_mode=args.copy_mode, pixels=args.pixels,
             )
         )
-        print(report.summary())
+        print(printable(report.summary(), keep_newlines=True))
         if report.copied_instead:
             print(f"{report.copied_instead} links could not be made and were copied")
     return 0
@@ -393,6 +394,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--include-pending", action="store_true", help="also export labels nobody has reviewed")
     p.add_argument("--copy-mode", choices=("copy", "hardlink", "symlink"), default="copy",
                    help="how files are written (default: copy)")
+    p.add_argument("--pixels", choices=("raw", "view8"), default="raw",
+                   help="raw: the files as imported (default); view8: the 8-bit model view as PNG "
+                   "(data bar cropped), which torchvision loads as the encoder saw it")
     p.set_defaults(func=_cmd_export)
 
 

@@ -213,7 +213,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     print(f"{len(result.image_ids)} synthetic images from image {args.image}, pending review: {ids}")
     if result.duplicates:
         print(f"{result.duplicates} duplicate images were not added again")
-    return 0
+    for reason in result.rejected:
+        print(f"nmid: a generated image was refused: {reason}", file=sys.stderr)
+    return 1 if result.rejected else 0
 
 
 def cmd_questions(args: argparse.Namespace) -> int:

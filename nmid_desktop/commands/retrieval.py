@@ -105,9 +105,15 @@ def _classifier(store: Any, args: argparse.Namespace) -> Any:
 
 
 def _check_files(paths: list[Path]) -> None:
+    from nmid_desktop.core.fileio import regular_file_problem
+    from nmid_desktop.core.text import printable
+
     for path in paths:
-        if not path.is_file():
-            raise NmidError(f"{path} is not a file")
+        # One check for every path given: a FIFO or a link to /dev/zero is refused, never read.
+        problem = regular_file_problem(path)
+        if problem is not None:
+            detail = problem if problem.startswith("is ") else f"is not a file ({problem})"
+            raise NmidError(f"{printable(str(path))} {detail}")
 
 
 # -- nmid index ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,13 @@ class LmmSettings:
 
     base_url: str = ""
     organization: str = ""
+    # Seconds one HTTP attempt may take in all (not per read: a server dripping bytes is cut off).
     timeout_s: float = 60.0
+    # Seconds one request may take with all its retries and waits.
+    deadline_s: float = 300.0
+    # Plain http:// to a host that is not this machine sends the key and the images unencrypted:
+    # refused unless the user consents here (a lab's own server on the LAN).
+    allow_insecure_http: bool = False
     max_concurrency: int = 4
     max_retries: int = 4
     vision_model: str = "gpt-4.1-mini"
@@ -60,21 +67,46 @@ class Settings:
     lmm: LmmSettings = field(default_factory=LmmSettings)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid setting."""
-        if not 1 <= self.k <= 50:
-            raise ConfigError(f"setting k must be between 1 and 50, not {self.k}")
+        """Raise :class:`ConfigError` naming the first invalid setting.
+
+        Numbers must be finite and inside a sane range: ``nan`` compares false with
+        everything, so a plain ``<`` check would let ``budget_usd = nan`` switch the
+        budget off.
+        """
+        _check_range("k", self.k, 1, 50)
         if self.strategy not in ("similarity", "random"):
             raise ConfigError(f"setting strategy must be 'similarity' or 'random', not {self.strategy!r}")
         if self.predictor not in ("local", "lmm", "both"):
             raise ConfigError(f"setting predictor must be 'local', 'lmm' or 'both', not {self.predictor!r}")
         if self.local_predictor not in ("knn", "logreg"):
             raise ConfigError(f"setting local_predictor must be 'knn' or 'logreg', not {self.local_predictor!r}")
-        if self.max_pixels < 1:
-            raise ConfigError("setting max_pixels must be positive")
-        if self.lmm.image_detail not in ("low", "high", "auto"):
-            raise ConfigError(f"setting lmm.image_detail must be low, high or auto, not {self.lmm.image_detail!r}")
-        if self.lmm.max_concurrency < 1 or self.lmm.timeout_s <= 0:
-            raise ConfigError("settings lmm.max_concurrency and lmm.timeout_s must be positive")
+        _check_range("max_pixels", self.max_pixels, 1, MAX_PIXELS_LIMIT)
+        lmm = self.lmm
+        if lmm.image_detail not in ("low", "high", "auto"):
+            raise ConfigError(f"setting lmm.image_detail must be low, high or auto, not {lmm.image_detail!r}")
+        _check_range("lmm.timeout_s", lmm.timeout_s, 0.1, 3600.0)
+        _check_range("lmm.deadline_s", lmm.deadline_s, 0.1, 86400.0)
+        _check_range("lmm.max_concurrency", lmm.max_concurrency, 1, 64)
+        _check_range("lmm.max_retries", lmm.max_retries, 0, 20)
+        _check_range("lmm.image_max_side", lmm.image_max_side, 16, 8192)
+        _check_range("lmm.budget_usd", lmm.budget_usd, 0.0, 1_000_000.0)
+        base_url = lmm.base_url.strip()
+        if base_url and not base_url.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"setting lmm.base_url must start with http:// or https://, not {base_url!r}")
+
+
+# 400 megapixels is the default; 4 gigapixels is beyond any microscope's frame.
+MAX_PIXELS_LIMIT = 4_000_000_000
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    """Raise :class:`ConfigError` unless ``low <= value <= high`` and ``value`` is finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"setting {name} must be a number, not {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"setting {name} must be a finite number, not {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"setting {name} must be between {low:g} and {high:g}, not {value!r}")
 
 
 def current_user(settings: Settings | None = None) -> str:

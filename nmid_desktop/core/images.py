@@ -20,8 +20,11 @@ without us disabling the protection process-wide.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,6 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from nmid_desktop.core.errors import ImageError
+from nmid_desktop.core.fileio import open_regular
 
 DEFAULT_MAX_PIXELS = 400_000_000
 """Default decompression-bomb limit; ``Settings.max_pixels`` overrides it."""
@@ -65,6 +69,11 @@ _LUMA_R, _LUMA_G, _LUMA_B = 19595, 38470, 7471
 _MAX_STAT_SAMPLES = 4_000_000
 
 _PILLOW_LIMIT_LOCK = threading.Lock()
+# Pixels per band when large frames are converted band by band (1 MB of uint8; index
+# temporaries of a 16-bit lookup are 8 bytes a pixel).
+_BAND_PIXELS = 1_000_000
+# From this size on, :func:`decode_for_import` reads grey TIFF pages strip by strip.
+_PAGED_MIN_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,8 @@ class ImageInfo:
         channels: Samples per pixel (1 grey, 3 RGB, 4 RGBA, 2 grey+alpha).
         pixel_size_m: Physical pixel size in metres from vendor metadata, or None.
         metadata: Small JSON-able facts found in the file (instrument, kV, magnification, ...).
+        damage: Why the file holds fewer pages than it claims (a truncated multi-page TIFF
+            whose page list ends in an offset past the end of the file), or "".
     """
 
     path: Path
@@ -92,6 +103,7 @@ class ImageInfo:
     channels: int
     pixel_size_m: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    damage: str = ""
 
     @property
     def pixels(self) -> int:
@@ -128,21 +140,17 @@ class Micrograph:
 
 def _sniff(path: Path) -> tuple[str, int]:
     """Return (format, file size) from the first bytes, or raise ImageError."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except OSError as exc:
-        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
     if path.is_dir():
         raise ImageError(path, "is a folder, not an image file")
-    if size == 0:
-        raise ImageError(path, "file is empty (0 bytes)")
     try:
-        with path.open("rb") as handle:
+        # Regular files only: a FIFO or a link to /dev/zero would block or never end.
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
             head = handle.read(64)
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise ImageError(path, "file is empty (0 bytes)")
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             return fmt, size
@@ -279,6 +287,37 @@ def _pil_raw(path: Path, fmt: str, im: Any, info: ImageInfo) -> np.ndarray:
 # ----------------------------------------------------------------------------- TIFF path
 
 
+class _TiffLogCapture(logging.Handler):
+    """Collects tifffile's error log lines per thread (imports read files in parallel).
+
+    tifffile reports a page list that points past the end of a truncated file only as
+    a log line and then lists fewer pages; the line is turned into ``ImageInfo.damage``
+    instead of going to stderr.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = getattr(self.local, "lines", None)
+        if lines is not None:
+            lines.append(record.getMessage())
+        else:
+            logging.getLogger(__name__).debug("tifffile: %s", record.getMessage())
+
+
+_TIFF_LOG = _TiffLogCapture()
+_TIFF_DAMAGE_WORDS = ("invalid page offset", "invalid offset to page", "corrupted tag list", "circular reference")
+
+
+def _tiff_damage(lines: list[str]) -> str:
+    for line in lines:
+        if any(word in line for word in _TIFF_DAMAGE_WORDS):
+            return "the file is truncated or damaged: its list of pages breaks off, so later pages are missing"
+    return ""
+
+
 def _tiff_open(path: Path) -> Any:
     import tifffile
 
@@ -305,6 +344,11 @@ def _tiff_page_geometry(page: Any) -> tuple[int, int, int, str]:
 
 
 def _tiff_info(path: Path, tif: Any) -> ImageInfo:
+    logger = logging.getLogger("tifffile")
+    if _TIFF_LOG not in logger.handlers:
+        logger.addHandler(_TIFF_LOG)
+    lines: list[str] = []
+    _TIFF_LOG.local.lines = lines
     try:
         n_pages = len(tif.pages)
         page = tif.pages.first
@@ -313,6 +357,8 @@ def _tiff_info(path: Path, tif: Any) -> ImageInfo:
         raise
     except Exception as exc:
         raise ImageError(path, f"corrupt TIFF header ({_short(exc)})") from None
+    finally:
+        _TIFF_LOG.local.lines = None
     pixel_size, metadata = _tiff_vendor_metadata(tif)
     return ImageInfo(
         path=path,
@@ -324,6 +370,7 @@ def _tiff_info(path: Path, tif: Any) -> ImageInfo:
         channels=channels,
         pixel_size_m=pixel_size,
         metadata=metadata,
+        damage=_tiff_damage(lines),
     )
 
 
@@ -368,7 +415,17 @@ def _apply_colormap(indices: np.ndarray, colormap: np.ndarray) -> np.ndarray:
 
 def _tiff_layout(path: Path, raw: np.ndarray, page: Any) -> np.ndarray:
     """Bring a tifffile page array to 2-D grey or HxWxC."""
-    raw = np.squeeze(raw)
+    height = int(getattr(page, "imagelength", 0) or 0)
+    width = int(getattr(page, "imagewidth", 0) or 0)
+    samples = int(getattr(page, "samplesperpixel", 1) or 1)
+    if raw.size == height * width * samples and (height == 1 or width == 1):
+        # np.squeeze would drop a 1-pixel-wide axis and leave a 1-D "image": shape it from the header.
+        if samples > 1 and getattr(page, "planarconfig", 1) == 2:
+            raw = np.moveaxis(raw.reshape(samples, height, width), 0, -1)
+        else:
+            raw = raw.reshape((height, width, samples) if samples > 1 else (height, width))
+    else:
+        raw = np.squeeze(raw)
     if raw.ndim == 3 and getattr(page, "planarconfig", 1) == 2 and raw.shape[0] <= 4 < raw.shape[2]:
         raw = np.moveaxis(raw, 0, -1)  # planar (separate) samples: SYX -> YXS
     if raw.ndim not in (2, 3) or (raw.ndim == 3 and raw.shape[2] > 4):
@@ -607,6 +664,202 @@ def read_image(path: Path, page: int = 0, *, max_pixels: int = DEFAULT_MAX_PIXEL
     return Micrograph(info=info, page=page, raw=raw, view8=view8)
 
 
+@dataclass(frozen=True)
+class DecodedPage:
+    """What an import needs of one page: its size, sample type and 8-bit view (no raw copy kept).
+
+    Attributes:
+        width: Width in pixels.
+        height: Height in pixels.
+        dtype: NumPy dtype name of the page's samples as stored.
+        view8: (H, W) uint8 view, as :func:`read_image` derives it; for a colour JPEG it is
+            libjpeg's own luma, which differs a little from luma of the decoded RGB (chroma
+            subsampling), enough for the data bar search, not meant for the encoder.
+    """
+
+    width: int
+    height: int
+    dtype: str
+    view8: np.ndarray
+
+
+def decode_estimate_bytes(info: ImageInfo) -> int:
+    """Memory :func:`decode_for_import` may need for the largest page of a file, from its header.
+
+    Used by the importer to bound how much is decoded at once. Generous on purpose: a
+    Pillow image and its NumPy copy live together for a moment.
+    """
+    pixels = info.width * info.height
+    if info.format == "JPEG":
+        return pixels * 2 + (64 << 20)  # decoded straight to grey (draft mode)
+    itemsize = np.dtype(info.dtype).itemsize if info.dtype in np.sctypeDict else 1
+    if info.format == "TIFF" and info.channels == 1 and pixels >= _PAGED_MIN_PIXELS:
+        return pixels * 2 + (64 << 20)  # strip by strip into the view
+    return pixels * (info.channels * itemsize * 2 + 2) + (64 << 20)
+
+
+def decode_for_import(path: Path, page: int = 0, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedPage:
+    """Decode one page completely (truncation is caught) while holding as little memory as possible.
+
+    * large grey TIFF pages are read strip by strip (tifffile segments) straight into the
+      8-bit view, two passes for deep data (the stretch statistics, then the view), so a
+      400 MP 16-bit frame needs its 400 MB view, not 1.2 GB;
+    * colour JPEGs are decoded straight to luma by libjpeg (Pillow's draft mode);
+    * anything else goes through :func:`read_image`, and its raw copy is dropped at once.
+
+    Raises:
+        ImageError: As :func:`read_image`.
+    """
+    path = Path(path)
+    fmt, _ = _sniff(path)
+    if fmt == "TIFF":
+        tif = _tiff_open(path)
+        try:
+            info = _tiff_info(path, tif)
+            _check_page(path, page, info.n_pages)
+            paged = _tiff_paged_view8(path, tif, page, max_pixels)
+        finally:
+            tif.close()
+        if paged is not None:
+            return paged
+    else:
+        _check_page(path, page, 1)
+        try:
+            with path.open("rb") as handle:
+                im = _pillow_open(path, fmt, handle)
+                info = _pil_info(path, fmt, im)
+                _check_limit(path, info.width, info.height, max_pixels)
+                if fmt == "JPEG" and im.mode in ("RGB", "YCbCr"):
+                    im.draft("L", im.size)  # libjpeg decodes luma only: a third of the memory
+                if im.mode in ("L", "RGB"):
+                    try:
+                        im.load()
+                        view8 = _pil_view8_banded(im)
+                    except MemoryError:
+                        raise ImageError(path, "not enough memory to decode this image") from None
+                    except Exception as exc:
+                        raise ImageError(path, f"corrupt or truncated {fmt} data ({_short(exc)})") from None
+                    finally:
+                        im.close()
+                    return DecodedPage(info.width, info.height, info.dtype, view8)
+        except OSError as exc:
+            raise ImageError(path, f"cannot read file ({_short(exc)})") from None
+    image = read_image(path, page, max_pixels=max_pixels)
+    height, width = image.shape
+    dtype, view8 = image.raw.dtype.name, image.view8
+    del image
+    return DecodedPage(width, height, dtype, view8)
+
+
+def _contiguous_bands(
+    path: Path, offset: int, dtype: np.dtype, height: int, width: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Bands of rows of an uncompressed frame stored at ``offset``; a short file is an ImageError."""
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    try:
+        with open_regular(path) as handle:
+            handle.seek(offset)
+            for y in range(0, height, rows):
+                n = min(rows, height - y)
+                data = handle.read(n * width * dtype.itemsize)
+                if len(data) < n * width * dtype.itemsize:
+                    row = y + len(data) // (width * dtype.itemsize)
+                    raise ImageError(path, f"truncated TIFF data: the file ends in row {row} of {height}")
+                block = np.frombuffer(data, dtype=dtype).reshape(n, width)
+                yield y, 0, block.astype(block.dtype.newbyteorder("=")) if block.dtype.byteorder == ">" else block
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file ({_short(exc)})") from None
+
+
+def _pil_view8_banded(im: Any) -> np.ndarray:
+    """The (H, W) uint8 view of a loaded 8-bit ``L`` or ``RGB`` Pillow image, copied band by band.
+
+    ``np.asarray(im)`` goes through ``tobytes()``, which joins encoded chunks: for a
+    400 MP frame that is two more frame-sized buffers beside Pillow's own.
+    """
+    width, height = im.size
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    for y in range(0, height, rows):
+        band = im.crop((0, y, width, min(height, y + rows)))
+        if band.mode != "L":
+            band = band.convert("L")  # ITU-R 601 luma, the same integers as to_view8
+        out[y : y + band.size[1]] = np.frombuffer(band.tobytes(), dtype=np.uint8).reshape(band.size[1], width)
+    return out
+
+
+def _tiff_paged_view8(path: Path, tif: Any, page_index: int, max_pixels: int) -> DecodedPage | None:
+    """The view of a large single-sample TIFF page, built strip by strip; None when not applicable."""
+    try:
+        page = tif.pages[page_index]
+        width, height, channels, dtype_name = _tiff_page_geometry(page)
+    except Exception as exc:
+        raise ImageError(path, f"corrupt TIFF page {page_index} ({_short(exc)})") from None
+    _check_limit(path, width, height, max_pixels)
+    photometric = int(getattr(page, "photometric", 1))
+    dtype = np.dtype(page.dtype) if page.dtype is not None else None
+    if (
+        width * height < _PAGED_MIN_PIXELS
+        or channels != 1
+        or photometric not in (0, 1)
+        or dtype is None
+        or dtype.kind not in "uif"
+        or int(getattr(page, "samplesperpixel", 1)) != 1
+        or int(getattr(page, "imagedepth", 1) or 1) != 1
+    ):
+        return None
+
+    final = bool(getattr(page, "is_final", False)) and not getattr(page, "is_tiled", False)
+    file_dtype = dtype.newbyteorder(tif.byteorder) if dtype.itemsize > 1 else dtype
+
+    def bands() -> Iterator[tuple[int, int, np.ndarray]]:
+        """(y, x, 2-D block) per decoded strip or tile, clipped to the frame."""
+        if final:
+            # Uncompressed and contiguous (often one strip of the whole frame): read bands of
+            # rows straight from the file instead of one frame-sized segment.
+            yield from _contiguous_bands(path, int(page.dataoffsets[0]), file_dtype, height, width)
+            return
+        try:
+            for segment, index, _shape in page.segments():
+                y, x = int(index[2]), int(index[3])
+                if segment is None:  # an empty (sparse) segment: zeros
+                    continue
+                block = np.asarray(segment)[0, :, :, 0][: height - y, : width - x]
+                if block.dtype.byteorder == ">":
+                    block = block.astype(block.dtype.newbyteorder("="))
+                yield y, x, block
+        except MemoryError:
+            raise ImageError(path, "not enough memory to decode this image") from None
+        except ImageError:
+            raise
+        except Exception as exc:
+            raise ImageError(path, f"corrupt or truncated TIFF data on page {page_index} ({_short(exc)})") from None
+
+    view8 = np.zeros((height, width), dtype=np.uint8)
+    if dtype == np.uint8:
+        for y, x, block in bands():
+            view8[y : y + block.shape[0], x : x + block.shape[1]] = block
+    else:
+        # Pass 1: the same strided sample to_view8 takes from a whole frame.
+        step = _sample_step(height, width)
+        sample = np.zeros((-(-height // step), -(-width // step)), dtype=dtype)
+        for y, x, block in bands():
+            first_row = (-y) % step
+            first_col = (-x) % step
+            part = block[first_row::step, first_col::step]
+            if part.size:
+                r0, c0 = (y + first_row) // step, (x + first_col) // step
+                sample[r0 : r0 + part.shape[0], c0 : c0 + part.shape[1]] = part
+        params = _stretch_params(sample, 0.5, 99.5)
+        del sample
+        # Pass 2: each block through the stretch into the view.
+        for y, x, block in bands():
+            view8[y : y + block.shape[0], x : x + block.shape[1]] = _stretch_apply(block, params)
+    if photometric == 0:
+        np.subtract(255, view8, out=view8)
+    return DecodedPage(width, height, dtype_name, view8)
+
+
 def _check_page(path: Path, page: int, n_pages: int) -> None:
     if not isinstance(page, (int, np.integer)) or isinstance(page, bool) or not 0 <= page < n_pages:
         which = "only page 0" if n_pages == 1 else f"pages 0 to {n_pages - 1}"
@@ -659,29 +912,70 @@ def _rgb_view8(rgb: np.ndarray, low: float, high: float) -> np.ndarray:
     r, g, b = rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2]
     if np.array_equal(r, g) and np.array_equal(g, b):
         return to_view8(np.ascontiguousarray(r), low, high)
+    height = rgb.shape[0]
+    # Bands of rows: whole-frame uint32/float32 temporaries of a 64 MP RGB frame took 1 GB.
+    rows = max(1, _BAND_PIXELS // max(1, rgb.shape[1]))
     if rgb.dtype == np.uint8:
-        luma = r.astype(np.uint32) * _LUMA_R + g.astype(np.uint32) * _LUMA_G + b.astype(np.uint32) * _LUMA_B
-        return ((luma + 0x8000) >> 16).astype(np.uint8)
-    # Deep RGB: luma in float32 (display only), then the usual stretch.
-    grey = r.astype(np.float32) * np.float32(_LUMA_R / 65536)
-    grey += g.astype(np.float32) * np.float32(_LUMA_G / 65536)
-    grey += b.astype(np.float32) * np.float32(_LUMA_B / 65536)
-    return _stretch(grey, low, high)
+        out = np.empty(rgb.shape[:2], dtype=np.uint8)
+        for y in range(0, height, rows):
+            band = slice(y, y + rows)
+            luma = r[band].astype(np.uint32) * _LUMA_R
+            luma += g[band].astype(np.uint32) * _LUMA_G
+            luma += b[band].astype(np.uint32) * _LUMA_B
+            luma += 0x8000
+            luma >>= 16
+            out[band] = luma
+        return out
+    # Deep RGB: luma in float32 (display only), then the usual stretch, both by bands.
+    params = _stretch_params(_deep_luma(_stat_sample(rgb)), low, high)
+    out = np.empty(rgb.shape[:2], dtype=np.uint8)
+    for y in range(0, height, rows):
+        out[y : y + rows] = _stretch_apply(_deep_luma(rgb[y : y + rows]), params)
+    return out
+
+
+def _deep_luma(rgb: np.ndarray) -> np.ndarray:
+    """Float32 ITU-R 601 luma of (H, W, >=3) deep samples."""
+    grey = rgb[..., 0].astype(np.float32) * np.float32(_LUMA_R / 65536)
+    grey += rgb[..., 1].astype(np.float32) * np.float32(_LUMA_G / 65536)
+    grey += rgb[..., 2].astype(np.float32) * np.float32(_LUMA_B / 65536)
+    return grey
 
 
 def _stat_sample(values: np.ndarray) -> np.ndarray:
     """A deterministic strided subsample with at most _MAX_STAT_SAMPLES values."""
-    step = max(1, int(math.ceil(math.sqrt(values.size / _MAX_STAT_SAMPLES))))
+    step = _sample_step(values.shape[0], values.shape[1])
     return values[::step, ::step] if step > 1 else values
+
+
+def _sample_step(height: int, width: int) -> int:
+    """The stride of :func:`_stat_sample` for a frame of this size (pixels, not samples)."""
+    return max(1, int(math.ceil(math.sqrt(height * width / _MAX_STAT_SAMPLES))))
 
 
 def _stretch(raw: np.ndarray, low: float, high: float) -> np.ndarray:
     """Linear stretch of 2-D deep data: the low/high percentiles go to 0/255."""
-    sample = _stat_sample(raw)
-    if raw.dtype in (np.uint16, np.int16):
+    return _stretch_apply(raw, _stretch_params(_stat_sample(raw), low, high))
+
+
+@dataclass(frozen=True)
+class _StretchParams:
+    """How deep samples map to 0..255: a lookup table (16-bit) or a linear range."""
+
+    dtype: np.dtype
+    lo: float = 0.0
+    hi: float = 0.0
+    lut: np.ndarray | None = None
+    offset: int = 0
+    empty: bool = False  # no finite sample at all: everything is black
+
+
+def _stretch_params(sample: np.ndarray, low: float, high: float) -> _StretchParams:
+    """The stretch of :func:`to_view8`, computed from a sample (``_stat_sample`` of the frame)."""
+    if sample.dtype in (np.uint16, np.int16):
         # Exact percentiles from a histogram, then a 65536-entry lookup table:
         # several times faster than np.percentile plus float arithmetic per pixel.
-        offset = 32768 if raw.dtype == np.int16 else 0
+        offset = 32768 if sample.dtype == np.int16 else 0
         counts = np.bincount((sample.astype(np.int32) + offset).ravel(), minlength=65536)
         cdf = np.cumsum(counts)
         n = int(cdf[-1])
@@ -691,16 +985,25 @@ def _stretch(raw: np.ndarray, low: float, high: float) -> np.ndarray:
             present = np.flatnonzero(counts)
             lo, hi = int(present[0]) - offset, int(present[-1]) - offset
         levels = np.arange(65536, dtype=np.float32) - offset
-        lut = _scale(levels, float(lo), float(hi), raw.dtype)
-        return lut[raw.astype(np.int32) + offset] if offset else lut[raw]
+        lut = _scale(levels, float(lo), float(hi), sample.dtype)
+        return _StretchParams(sample.dtype, float(lo), float(hi), lut, offset)
     values = sample.astype(np.float64, copy=False)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-        return np.zeros(raw.shape, dtype=np.uint8)
+        return _StretchParams(sample.dtype, empty=True)
     lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
     if hi <= lo:
         lo, hi = float(finite.min()), float(finite.max())
-    return _scale(raw, lo, hi, raw.dtype)
+    return _StretchParams(sample.dtype, lo, hi)
+
+
+def _stretch_apply(raw: np.ndarray, params: _StretchParams) -> np.ndarray:
+    """Map samples (a whole frame or a band of rows) to uint8 with :func:`_stretch_params`' result."""
+    if params.lut is not None:
+        return params.lut[raw.astype(np.int32) + params.offset] if params.offset else params.lut[raw]
+    if params.empty:
+        return np.zeros(raw.shape, dtype=np.uint8)
+    return _scale(raw, params.lo, params.hi, params.dtype)
 
 
 def _scale(values: np.ndarray, lo: float, hi: float, dtype: np.dtype) -> np.ndarray:

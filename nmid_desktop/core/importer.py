@@ -18,10 +18,11 @@ commits the files already done and stops.
 from __future__ import annotations
 
 import csv
-import hashlib
+import errno
 import io
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -31,7 +32,14 @@ from pathlib import Path
 
 from nmid_desktop.core.databar import find_micrograph_box
 from nmid_desktop.core.errors import ImageError, LabelError, LibraryError, NmidError
-from nmid_desktop.core.images import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, probe_image, read_image
+from nmid_desktop.core.fileio import regular_file_problem, sha256_file
+from nmid_desktop.core.images import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_SUFFIXES,
+    decode_estimate_bytes,
+    decode_for_import,
+    probe_image,
+)
 from nmid_desktop.core.jobs import Job, Progress
 from nmid_desktop.core.labels import validate_label
 from nmid_desktop.core.store.base import Store
@@ -42,9 +50,16 @@ LAYOUTS = ("auto", "imagefolder", "flat")
 IMPORTED, DUPLICATE, SKIPPED, RELABELLED = "imported", "duplicate", "skipped", "relabelled"
 
 _HASH_CHUNK = 1 << 20
+# Decoding memory all worker threads of one import may hold at once (see MemoryBudget):
+# with the interpreter, NumPy and Pillow, one import stays under 2 GB of resident memory.
+DECODE_MEMORY_BYTES = 1_000_000_000
+# Below this many pixels a side an image is still imported (it is valid), but the report
+# says the encoder sees almost nothing of it.
+MIN_EMBED_SIDE = 8
 _COMMIT_EVERY_S = 1.0  # keeps the write lock short, so a label set in the window never waits long
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 _HEADER_NAMES = {"path", "file", "filename", "file_name", "filepath", "file_path", "image", "image_path"}
+_LABEL_NAMES = {"label", "class", "class_name", "category", "target", "labels"}
 
 
 @dataclass
@@ -128,6 +143,7 @@ class _Page:
     crop_box: tuple[int, int, int, int] | None = None
     known: bool = False  # already in the library (committed): not decoded
     error: str = ""
+    dtype: str = ""  # this page's own sample type: pages of one TIFF may differ
 
 
 @dataclass
@@ -140,6 +156,7 @@ class _Prepared:
     pixel_size_m: float | None = None
     pages: list[_Page] = field(default_factory=list)
     error: str = ""
+    damage: str = ""  # the file holds fewer pages than it claims
 
 
 # ---------------------------------------------------------------------------- listing
@@ -149,41 +166,104 @@ def _is_ignored(name: str) -> bool:
     return name.startswith(".") or name.lower() in _IGNORED_NAMES
 
 
-def _scan(folder: Path, skip: Path | None) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
-    """Sorted (files, dirs) of one folder, hidden entries and the library itself left out."""
+class _Walk:
+    """State of one folder walk: folders already entered (by device and inode), so links cannot loop."""
+
+    def __init__(self, skip: Path | None) -> None:
+        self.skip = skip
+        self.visited: dict[tuple[int, int], str] = {}
+
+    def enter(self, folder: Path) -> str:
+        """Mark ``folder`` as entered; returns why it must not be entered ("" when fine)."""
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            return _os_reason(exc, "folder")
+        key = (st.st_dev, st.st_ino)
+        if key in self.visited:
+            return f"folder already imported as {self.visited[key]} (a symbolic link loop or a second link)"
+        self.visited[key] = str(folder)
+        return ""
+
+
+def _os_reason(exc: OSError, what: str = "file") -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a symbolic link loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot read this {what}: permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return f"{what} not found (a broken symbolic link?)"
+    return f"cannot read this {what} ({exc.strerror or exc})"
+
+
+def _scan(folder: Path, walk: _Walk) -> tuple[list[os.DirEntry], list[os.DirEntry], list[_Entry]]:
+    """Sorted (files, dirs, problems) of one folder; hidden entries and the library itself left out.
+
+    Nothing is dropped without a word: a FIFO, a device, a broken link or a link loop
+    becomes a problem entry (reported as skipped); symlinked folders are followed,
+    once, so a loop is reported instead of walked forever; an unreadable folder is
+    one problem entry and the rest of the import goes on.
+    """
     files: list[os.DirEntry] = []
     dirs: list[os.DirEntry] = []
-    with os.scandir(folder) as it:
-        for entry in it:
+    problems: list[_Entry] = []
+    try:
+        it = os.scandir(folder)
+    except OSError as exc:
+        return files, dirs, [_Entry(str(folder), None, _os_reason(exc, "folder"))]
+    with it:
+        while True:
+            try:
+                entry = next(it)
+            except StopIteration:
+                break
+            except OSError as exc:  # the listing itself failed half-way
+                problems.append(_Entry(str(folder), None, _os_reason(exc, "folder")))
+                break
             if _is_ignored(entry.name):
                 continue
-            # Symlinked folders are not followed: they can loop.
-            if entry.is_dir(follow_symlinks=False):
-                if skip is None or Path(entry.path).resolve() != skip:
-                    dirs.append(entry)
-            elif entry.is_file():
-                files.append(entry)
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    if walk.skip is None or _resolved(Path(entry.path)) != walk.skip:
+                        dirs.append(entry)
+                    continue
+                if entry.is_file(follow_symlinks=True):
+                    files.append(entry)
+                    continue
+            except OSError:
+                pass  # a loop or an unreadable target: reported below with the reason
+            problem = regular_file_problem(entry.path) or "not a regular file"
+            problems.append(_Entry(entry.path, None, problem))
     files.sort(key=lambda e: e.name)
     dirs.sort(key=lambda e: e.name)
-    return files, dirs
+    return files, dirs, problems
 
 
 def _file_entry(path: str, label: str | None, label_error: str = "") -> _Entry:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUPPORTED_SUFFIXES:
         return _Entry(path, label, f"not a supported image type ({suffix or 'no suffix'})")
+    problem = regular_file_problem(path)
+    if problem is not None:
+        return _Entry(path, label, problem)
     return _Entry(path, label, label_error)
 
 
-def _walk(folder: Path, label: str | None, label_error: str, recursive: bool, skip: Path | None) -> Iterator[_Entry]:
+def _walk(folder: Path, label: str | None, label_error: str, recursive: bool, walk: _Walk) -> Iterator[_Entry]:
     """Every file under ``folder`` in sorted order, depth first, one folder listed at a time."""
-    files, dirs = _scan(folder, skip)
+    reason = walk.enter(folder)
+    if reason:
+        yield _Entry(str(folder), label, reason)
+        return
+    files, dirs, problems = _scan(folder, walk)
+    for problem in problems:
+        yield _Entry(problem.path, label, problem.error)
     for entry in files:
         yield _file_entry(entry.path, label, label_error)
     del files
     if recursive:
         for entry in dirs:
-            yield from _walk(Path(entry.path), label, label_error, recursive, skip)
+            yield from _walk(Path(entry.path), label, label_error, recursive, walk)
 
 
 def _checked_label(name: str) -> tuple[str | None, str]:
@@ -199,18 +279,23 @@ def _folder_entries(folder: Path, layout: str, recursive: bool, skip: Path | Non
     folder = Path(folder)
     if not folder.is_dir():
         raise NmidError(f"{folder} is not a folder")
-    files, dirs = _scan(folder, skip)
+    walk = _Walk(skip)
+    walk.enter(folder)
+    files, dirs, problems = _scan(folder, walk)
+    if problems and not files and not dirs and problems[0].path == str(folder):
+        raise NmidError(f"{folder}: {problems[0].error}")
     if layout == "auto":
         has_images = any(os.path.splitext(e.name)[1].lower() in SUPPORTED_SUFFIXES for e in files)
         layout = "imagefolder" if dirs and not has_images else "flat"
-    entries = [_file_entry(e.path, None) for e in files]
+    entries = list(problems) + [_file_entry(e.path, None) for e in files]
     for d in dirs:
         if layout == "imagefolder":
-            # ImageFolder: the top-level folder names the class, at any depth below it.
+            # ImageFolder: the top-level folder names the class, at any depth below it
+            # (a symlinked class folder is followed like any other).
             label, error = _checked_label(d.name)
-            entries.extend(_walk(Path(d.path), label, error, True, skip))
+            entries.extend(_walk(Path(d.path), label, error, True, walk))
         elif recursive:
-            entries.extend(_walk(Path(d.path), None, "", True, skip))
+            entries.extend(_walk(Path(d.path), None, "", True, walk))
     return entries
 
 
@@ -228,16 +313,27 @@ def _csv_entries(manifest: Path) -> list[_Entry]:
         dialect = csv.excel
     base = manifest.parent
     entries: list[_Entry] = []
+    path_col, label_col = 0, 1
     for n, row in enumerate(csv.reader(io.StringIO(text), dialect)):
         cells = [c.strip() for c in row]
-        if not cells or not cells[0]:
+        if n == 0:
+            names = [c.lower() for c in cells]
+            if any(name in _HEADER_NAMES for name in names):
+                # A header names the columns, in any order (an export's manifest puts label first).
+                path_col = next(i for i, name in enumerate(names) if name in _HEADER_NAMES)
+                label_col = next((i for i, name in enumerate(names) if name in _LABEL_NAMES), -1)
+                continue
+            if any(name in _LABEL_NAMES for name in names):
+                raise NmidError(
+                    f"{manifest}: the header names a label column but no path column "
+                    f"(one of {', '.join(sorted(_HEADER_NAMES))})"
+                )
+        if len(cells) <= path_col or not cells[path_col]:
             continue
-        if n == 0 and cells[0].lower() in _HEADER_NAMES:
-            continue
-        path = Path(cells[0]).expanduser()
+        path = Path(cells[path_col]).expanduser()
         if not path.is_absolute():
             path = base / path
-        raw_label = cells[1] if len(cells) > 1 else ""
+        raw_label = cells[label_col] if 0 <= label_col < len(cells) else ""
         label, error = _checked_label(raw_label) if raw_label else (None, "")
         entries.append(_file_entry(str(path), label, error))
     return entries
@@ -247,36 +343,68 @@ def _csv_entries(manifest: Path) -> list[_Entry]:
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path, _HASH_CHUNK)
 
 
-def _prepare(path: str, store: Store, max_pixels: int, detect_bar: bool) -> _Prepared:
+class MemoryBudget:
+    """Bytes of decoding that may run at once across the import's worker threads.
+
+    Each file reserves what its header says decoding may take
+    (:func:`~nmid_desktop.core.images.decode_estimate_bytes`) before it decodes; a
+    file larger than the whole budget waits until it runs alone. So four threads on
+    four 400 MP files decode one at a time, while small files still run in parallel.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = max(1, int(limit_bytes))
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def reserve(self, n_bytes: int) -> int:
+        """Block until ``n_bytes`` (capped at the limit) fit; returns what was reserved."""
+        n = max(0, min(int(n_bytes), self.limit))
+        with self._cond:
+            while self._used + n > self.limit and self._used > 0:
+                self._cond.wait()
+            self._used += n
+        return n
+
+    def release(self, n_bytes: int) -> None:
+        """Give back what :meth:`reserve` returned."""
+        with self._cond:
+            self._used = max(0, self._used - n_bytes)
+            self._cond.notify_all()
+
+
+def _prepare(path: str, store: Store, max_pixels: int, detect_bar: bool, budget: MemoryBudget | None = None) -> _Prepared:
     """Hash, probe and decode one file (runs in a worker thread; never raises).
 
     Pages already in the library are not decoded again. The lookup runs on the
     worker's own connection, so it does not see the job's uncommitted batch; copies
-    within one import are caught by the committer instead.
+    within one import are caught by the committer instead. Decoding waits for room
+    in the shared memory ``budget`` and keeps no raw copy of the pixels.
     """
     result = _Prepared()
     try:
         result.sha256 = _sha256(path)
         info = probe_image(Path(path), max_pixels=max_pixels)
         result.n_pages, result.dtype, result.pixel_size_m = info.n_pages, info.dtype, info.pixel_size_m
+        result.damage = info.damage
         for page in range(info.n_pages):
             if store.find_image(result.sha256, page) is not None:
                 result.pages.append(_Page(page, known=True))
                 continue
+            reserved = budget.reserve(decode_estimate_bytes(info)) if budget is not None else 0
             try:
-                image = read_image(Path(path), page, max_pixels=max_pixels)
-                height, width = image.shape
-                box = find_micrograph_box(image.view8) if detect_bar else None
-                result.pages.append(_Page(page, width, height, box))
+                decoded = decode_for_import(Path(path), page, max_pixels=max_pixels)
+                box = find_micrograph_box(decoded.view8) if detect_bar else None
+                result.pages.append(_Page(page, decoded.width, decoded.height, box, dtype=decoded.dtype))
+                del decoded  # the view goes before the next page (or file) is decoded
             except ImageError as exc:
                 result.pages.append(_Page(page, error=exc.reason))
+            finally:
+                if budget is not None:
+                    budget.release(reserved)
     except FileNotFoundError:
         result.error = "file not found"
     except ImageError as exc:
@@ -340,6 +468,9 @@ class _Committer:
                     items.append(self._add_page(path, entry.label, prep, page))
             except (LibraryError, LabelError) as exc:
                 items.append(ImportItem(path, SKIPPED, label=entry.label, reason=str(exc), page=page.page))
+        if prep.damage:
+            # The pages read are kept; the missing rest is reported, not silently dropped.
+            items.append(ImportItem(path, SKIPPED, label=entry.label, reason=prep.damage, page=prep.n_pages))
         return items
 
     def _add_page(self, path: Path, label: str | None, prep: _Prepared, page: _Page) -> ImportItem:
@@ -361,7 +492,7 @@ class _Committer:
                 n_pages=prep.n_pages,
                 width=page.width,
                 height=page.height,
-                dtype=prep.dtype,
+                dtype=page.dtype or prep.dtype,
                 pixel_size_m=prep.pixel_size_m,
                 crop_box=page.crop_box,
                 copy=self.copy,
@@ -370,7 +501,13 @@ class _Committer:
                 if label is not None:
                     self.store.set_label(image_id, label, source="import", actor=self.actor)
                 self.seen[key] = (str(path), image_id, label)
-                return ImportItem(path, IMPORTED, image_id, label, page=page.page)
+                note = ""
+                if min(page.width, page.height) < MIN_EMBED_SIDE:
+                    note = (
+                        f"imported, but only {page.width} x {page.height} pixels: too small for the encoder "
+                        f"to see texture (under {MIN_EMBED_SIDE} pixels a side), so its neighbours mean little"
+                    )
+                return ImportItem(path, IMPORTED, image_id, label, note, page=page.page)
             existing = self.store.get_image(image_id)  # added meanwhile by another process
         if existing is None:  # known at start but gone now: cannot happen without deletes
             raise LibraryError(f"{path}: image vanished from the library during import")
@@ -396,15 +533,21 @@ def _run(
     actor: str,
     batch_size: int,
     workers: int | None,
+    memory_bytes: int = 0,
 ) -> Job[ImportReport]:
     report = ImportReport()
+    memory_bytes = memory_bytes or DECODE_MEMORY_BYTES
     total = len(entries)
     if total == 0:
         return report
+    cleaner = getattr(store, "clean_temporary_files", None)
+    if callable(cleaner):
+        cleaner()  # copies a killed import left behind
     committer = _Committer(store, copy=copy, actor=actor)
     n_workers = workers or max(1, min(4, os.cpu_count() or 1))
     pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="nmid-import")
-    results = _in_order(pool, entries, lambda p: _prepare(p, store, max_pixels, detect_bar), n_workers * 4)
+    budget = MemoryBudget(memory_bytes)
+    results = _in_order(pool, entries, lambda p: _prepare(p, store, max_pixels, detect_bar, budget), n_workers * 4)
     done = 0
     try:
         exhausted = False
@@ -534,12 +677,12 @@ def import_files(
     """
     if label is not None:
         label = validate_label(label)
-    skip = _resolved(store.root)
+    walk = _Walk(_resolved(store.root))
     entries: list[_Entry] = []
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            entries.extend(_walk(path, label, "", True, skip))
+            entries.extend(_walk(path, label, "", True, walk))
         else:
             entries.append(_file_entry(str(path), label))
     return (

@@ -84,15 +84,46 @@ class ResponseCache:
         text = json.dumps({"format": CACHE_FORMAT, "response": response}, ensure_ascii=False)
         atomic_write_text(self._path(key), text)
 
+    def discard(self, key: str) -> bool:
+        """Remove one entry (an answer found unusable); True when there was one."""
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def __contains__(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("??/*.json")) if self.folder.is_dir() else 0
+
     def clear(self) -> int:
-        """Delete every entry; returns how many were removed."""
+        """Delete every entry, and temporary files a killed write left; returns how many entries went.
+
+        Only the cache's own files (``<2 hex>/<64 hex>.json`` and their temporary siblings)
+        are touched, so a mistyped cache folder cannot lose anything else.
+        """
         removed = 0
         if not self.folder.is_dir():
             return 0
-        for path in self.folder.glob("??/*.json"):
-            path.unlink(missing_ok=True)
-            removed += 1
+        for sub in self.folder.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir() or sub.is_symlink():
+                continue
+            for path in sub.iterdir():
+                is_entry = path.suffix == ".json" and len(path.stem) == 64
+                is_temporary = path.name.startswith(".") and path.name.endswith(".tmp")  # see atomic_write_text
+                if is_entry or is_temporary:
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        raise OSError(f"cannot remove cache entry {path}: {exc.strerror}") from None
+                    removed += is_entry
+            try:
+                sub.rmdir()
+            except OSError:
+                pass  # something else lives there: leave it
         return removed

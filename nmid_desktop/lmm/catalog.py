@@ -48,11 +48,22 @@ class ModelInfo:
         return self.shutdown_date is not None and self.shutdown_date <= (today or date.today())
 
 
+def _timestamp(value: Any) -> datetime | None:
+    """A UTC time from seconds since 1970, or None for anything odd (bool, nan, year 30000)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return None
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def _parse_date(value: Any) -> date | None:
     if value in (None, ""):
         return None
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=UTC).date()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        moment = _timestamp(value)
+        return moment.date() if moment is not None else None
     text = str(value).strip()
     try:
         return date.fromisoformat(text[:10])
@@ -62,19 +73,21 @@ def _parse_date(value: Any) -> date | None:
 
 
 def model_info(entry: dict[str, Any]) -> ModelInfo:
-    """A :class:`ModelInfo` from one ``/v1/models`` entry."""
-    created = entry.get("created")
+    """A :class:`ModelInfo` from one ``/v1/models`` entry; odd fields are dropped, never fatal."""
+    if not isinstance(entry, dict):
+        return ModelInfo(id="")
     return ModelInfo(
         id=str(entry.get("id") or ""),
         owned_by=str(entry.get("owned_by") or ""),
-        created=datetime.fromtimestamp(created, tz=UTC) if isinstance(created, (int, float)) and created > 0 else None,
+        created=_timestamp(entry.get("created")),
         shutdown_date=_parse_date(entry.get("shutdown_date")),
     )
 
 
 def list_models(client: LmmClient, *, refresh: bool = False) -> list[ModelInfo]:
     """The endpoint's models, sorted by id."""
-    return sorted((model_info(m) for m in client.list_models(refresh=refresh)), key=lambda m: m.id)
+    models = (model_info(m) for m in client.list_models(refresh=refresh))
+    return sorted((m for m in models if m.id), key=lambda m: m.id)
 
 
 def _find(models: list[ModelInfo], name: str) -> ModelInfo | None:
@@ -102,7 +115,7 @@ def model_problem(models: list[ModelInfo], setting: str, name: str, today: date 
     found = _find(models, name)
     if found is None:
         return f"setting {setting}: model '{name}' is not listed by this endpoint; choose another with `nmid models`"
-    if found.retired(today):
+    if found.retired(today) and found.shutdown_date is not None:
         return (
             f"setting {setting}: model '{name}' was shut down on {found.shutdown_date.isoformat()}; "
             "choose another with `nmid models`"

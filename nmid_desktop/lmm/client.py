@@ -9,7 +9,15 @@ LM Studio). The ``openai`` client's own retries are switched off
   exponential backoff (``backoff_s * 2**attempt``, plus up to 10 % jitter),
   but a ``Retry-After`` / ``retry-after-ms`` header from the server wins;
 * a 429 with code ``insufficient_quota`` is not retried (waiting does not help);
-* every wait is cut into short slices that check the :class:`CancelToken`.
+* every wait is cut into short slices that check the :class:`CancelToken`;
+* every attempt has a *total* deadline (``lmm.timeout_s``), not only a per-read
+  one: the HTTP call runs in a helper thread on its own connection pool, and the
+  caller's thread closes that pool when the deadline passes or the token is
+  cancelled, so a server dripping one byte every few seconds is cut off;
+* one request with all its retries and waits has a total deadline too (``lmm.deadline_s``);
+* bodies are parsed here, not by the ``openai`` package (which hands back the raw
+  text of an HTML page from a proxy): anything but a JSON object is a
+  :class:`MalformedResponseError` with a clear message.
 
 Successful responses go to a :class:`~nmid_desktop.lmm.cache.ResponseCache`
 keyed by (endpoint, kind, full request), so the same request is never paid twice.
@@ -36,7 +44,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
 from nmid_desktop.core.config import LmmSettings
-from nmid_desktop.core.errors import NmidError
+from nmid_desktop.core.errors import Cancelled, NmidError
 from nmid_desktop.core.jobs import CancelToken
 from nmid_desktop.lmm.cache import ResponseCache, request_key
 from nmid_desktop.lmm.secrets import get_api_key, key_source, redact
@@ -48,6 +56,8 @@ OPENAI_URL = "https://api.openai.com/v1"
 # llama.cpp document the same trick.
 NO_KEY = "no-key"
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+# How much of an unexpected body (an HTML page) an error message quotes.
+_SNIPPET_CHARS = 120
 
 NO_ENDPOINT_MESSAGE = (
     "no endpoint configured: set lmm.base_url in the settings (or OPENAI_BASE_URL) for a local or "
@@ -104,6 +114,16 @@ class MalformedResponseError(LmmError):
     """The endpoint answered 200 with a body that is not the expected JSON."""
 
 
+class InsecureEndpointError(LmmError):
+    """Plain ``http://`` to a host that is not this machine, without the user's consent."""
+
+    fatal = True
+
+
+class DeadlineExceededError(LmmError):
+    """One request with its retries took longer than ``lmm.deadline_s``."""
+
+
 # ----------------------------------------------------------------------------- endpoint
 
 @dataclass(frozen=True)
@@ -114,9 +134,12 @@ class Endpoint:
         base_url: The ``.../v1`` URL.
         api_key: The key, or :data:`NO_KEY` for local servers without one.
         organization: OpenAI organisation id, or "".
-        timeout_s: Seconds one HTTP call may take.
+        timeout_s: Seconds one HTTP attempt may take in all (connect, headers and body).
         max_retries: Retries after the first try.
         key_source: ``environment``, ``keyring``, ``file`` or ``none``.
+        deadline_s: Seconds one request may take with all its retries and waits.
+        allow_insecure_http: The user's consent (``lmm.allow_insecure_http``) to send the
+            key and images over plain http to a host that is not this machine.
     """
 
     base_url: str
@@ -125,11 +148,46 @@ class Endpoint:
     timeout_s: float = 60.0
     max_retries: int = 4
     key_source: str = "none"
+    deadline_s: float = 300.0
+    allow_insecure_http: bool = False
 
     @property
     def is_local(self) -> bool:
         """True for a server on this machine (images do not leave it)."""
-        return (urlparse(self.base_url).hostname or "") in _LOCAL_HOSTS
+        return is_loopback_host(urlparse(self.base_url).hostname or "")
+
+    def check_transport(self) -> None:
+        """Refuse plain http to another host unless the user consented in the settings.
+
+        Raises:
+            InsecureEndpointError: Naming the setting ``lmm.allow_insecure_http``.
+        """
+        parsed = urlparse(self.base_url)
+        scheme = (parsed.scheme or "").lower()
+        if scheme not in ("http", "https"):
+            raise InsecureEndpointError(
+                f"setting lmm.base_url must be an http:// or https:// URL, not {redact(self.base_url, self.api_key)!r}"
+            )
+        if scheme == "http" and not self.is_local and not self.allow_insecure_http:
+            host = parsed.hostname or "?"
+            raise InsecureEndpointError(
+                f"refusing to send the API key and images unencrypted over plain http:// to {host}, "
+                "which is not this machine: use https://, or, for a server you trust on your own network, "
+                "set lmm.allow_insecure_http = true in the settings"
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    host = host.strip("[]").lower()
+    if host in _LOCAL_HOSTS or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def resolve_endpoint(lmm: LmmSettings) -> Endpoint | None:
@@ -150,6 +208,8 @@ def resolve_endpoint(lmm: LmmSettings) -> Endpoint | None:
         timeout_s=float(lmm.timeout_s),
         max_retries=max(0, int(lmm.max_retries)),
         key_source=key_source() if key else "none",
+        deadline_s=float(lmm.deadline_s),
+        allow_insecure_http=bool(lmm.allow_insecure_http),
     )
 
 
@@ -217,16 +277,79 @@ def chat_result(response: dict[str, Any], cached: bool = False) -> ChatResult:
     content = message.get("content")
     if isinstance(content, list):  # some servers return content parts
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    usage = response.get("usage") or {}
+    usage = response.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    refusal = message.get("refusal")
+    finish_reason = choices[0].get("finish_reason")
     return ChatResult(
         text=content if isinstance(content, str) else "",
-        refusal=message.get("refusal") or None,
-        finish_reason=choices[0].get("finish_reason"),
-        tokens_in=int(usage.get("prompt_tokens") or 0),
-        tokens_out=int(usage.get("completion_tokens") or 0),
+        refusal=str(refusal) if refusal else None,
+        finish_reason=str(finish_reason) if finish_reason is not None else None,
+        tokens_in=_count(usage.get("prompt_tokens")),
+        tokens_out=_count(usage.get("completion_tokens")),
         model=str(response.get("model") or ""),
         cached=cached,
     )
+
+
+def _count(value: object) -> int:
+    """A token count from a server: a non-negative int, 0 for anything odd."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    try:
+        return max(0, int(value))
+    except (OverflowError, ValueError):  # inf, nan
+        return 0
+
+
+def usable_chat(response: dict[str, Any]) -> bool:
+    """True when a chat answer is worth caching: a message with text, and no refusal or filter."""
+    try:
+        result = chat_result(response)
+    except MalformedResponseError:
+        return False
+    return bool(result.text.strip()) and not result.refused
+
+
+def usable_images(response: dict[str, Any]) -> bool:
+    """True when an images answer holds at least one b64 image."""
+    data = response.get("data")
+    return isinstance(data, list) and bool(data) and all(isinstance(i, dict) and i.get("b64_json") for i in data)
+
+
+def json_object_body(http_response: Any, where: str) -> dict[str, Any]:
+    """The body of a 2xx answer as a JSON object.
+
+    A proxy or captive portal answers 200 with an HTML page; a broken server with
+    a JSON string or list. Each gets one clear message that quotes the start of the
+    body (never the key: error bodies pass through :func:`redact` later).
+
+    Raises:
+        MalformedResponseError: If the body is not a JSON object.
+    """
+    content_type = str(http_response.headers.get("content-type", "") or "").split(";")[0].strip() or "none"
+    raw: bytes = http_response.content
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        data = None
+        text = raw[:_SNIPPET_CHARS * 4].decode("utf-8", errors="replace")
+        snippet = " ".join(text.split())[:_SNIPPET_CHARS]
+        hint = (
+            "; a proxy or captive portal may be answering instead of the model server"
+            if "html" in content_type or snippet.lstrip().startswith("<")
+            else ""
+        )
+        raise MalformedResponseError(
+            f"{where} answered {http_response.status_code} with a body that is not JSON "
+            f"(content-type {content_type}: {snippet!r}){hint}; check setting lmm.base_url"
+        ) from None
+    if not isinstance(data, dict):
+        raise MalformedResponseError(
+            f"{where} answered {http_response.status_code} with JSON that is not an object "
+            f"({type(data).__name__}); check setting lmm.base_url"
+        )
+    return data
 
 
 def retry_after_s(headers: Any) -> float | None:
@@ -277,6 +400,34 @@ def _sleep(seconds: float, token: CancelToken | None) -> None:
         time.sleep(min(0.05, left))
 
 
+class _AttemptTimeout(Exception):
+    """One HTTP attempt ran past its total time (internal; becomes an :class:`LmmError`)."""
+
+
+def _ssl_context() -> Any:
+    """The HTTP stack's default TLS context (certifi or the system store, as the openai client uses)."""
+    try:
+        import httpx2
+
+        return httpx2.create_ssl_context()
+    except (ImportError, AttributeError):  # pragma: no cover - older openai on httpx
+        import ssl
+
+        return ssl.create_default_context()
+
+
+def httpx_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP stack's own base error, for the catch-all around one attempt."""
+    try:
+        import httpx2
+
+        return (httpx2.HTTPError, httpx2.InvalidURL)
+    except ImportError:  # pragma: no cover - older openai on httpx
+        import httpx
+
+        return (httpx.HTTPError, httpx.InvalidURL)
+
+
 # ----------------------------------------------------------------------------- client
 
 class LmmClient:
@@ -290,6 +441,8 @@ class LmmClient:
         backoff_s: First backoff wait; doubled for every further retry.
         backoff_max_s: Longest wait; a server asking for more is reported, not obeyed.
         http_client: Optional ``httpx2.Client`` (proxies, custom TLS).
+        refresh: Never serve answers from the cache: ask again, and replace the cached
+            answer with the new one (a paid command's ``--refresh``).
     """
 
     def __init__(
@@ -300,17 +453,24 @@ class LmmClient:
         backoff_s: float = 1.0,
         backoff_max_s: float = 60.0,
         http_client: Any = None,
+        refresh: bool = False,
     ) -> None:
         import openai
 
+        endpoint.check_transport()
         self.endpoint = endpoint
         self.cache = cache
+        self.refresh = refresh
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.structured_outputs_ok: bool | None = None  # learned from the first rejection
         self._models: list[Any] | None = None
         self._lock = threading.Lock()
         kwargs: dict[str, Any] = {}
+        # Without a caller's own HTTP client, each attempt gets a fresh connection pool that the
+        # deadline or a cancel can close under a blocked read; a caller's client is shared as is.
+        self._own_pools = http_client is None
+        self._ssl_context: Any = None
         if http_client is not None:
             kwargs["http_client"] = http_client
         self._openai = openai.OpenAI(
@@ -324,18 +484,30 @@ class LmmClient:
 
     @classmethod
     def from_settings(
-        cls, lmm: LmmSettings, *, cache: ResponseCache | None | bool = True, backoff_s: float = 1.0
+        cls,
+        lmm: LmmSettings,
+        *,
+        cache: ResponseCache | None | bool = True,
+        backoff_s: float = 1.0,
+        refresh: bool = False,
     ) -> LmmClient:
         """A client for the configured endpoint, with the default disk cache.
 
+        Args:
+            lmm: The endpoint settings.
+            cache: True for the default disk cache, False/None for none, or a cache.
+            backoff_s: First wait between retries.
+            refresh: Ask again instead of serving cached answers (see :class:`LmmClient`).
+
         Raises:
             NoEndpointError: When neither base URL nor key is configured.
+            InsecureEndpointError: For plain http to another host without consent.
         """
         if cache is True:
             cache = ResponseCache()
         elif cache is False:
             cache = None
-        return cls(require_endpoint(lmm), cache=cache, backoff_s=backoff_s)
+        return cls(require_endpoint(lmm), cache=cache, backoff_s=backoff_s, refresh=refresh)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -357,8 +529,17 @@ class LmmClient:
             if self._models is not None and not refresh:
                 return list(self._models)
 
-        def send() -> list[dict[str, Any]]:
-            return [m.model_dump(mode="json") for m in self._openai.models.list()]
+        def send(api: Any) -> list[dict[str, Any]]:
+            body = json_object_body(api.models.with_raw_response.list().http_response, self.endpoint.base_url)
+            data = body.get("data")
+            if not isinstance(data, list):
+                raise MalformedResponseError(
+                    f"{self.endpoint.base_url} answered /models without a 'data' list; check setting lmm.base_url"
+                )
+            entries = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]]
+            if len(entries) < len(data):
+                log.warning("%s: ignored %d odd /models entries", self.endpoint.base_url, len(data) - len(entries))
+            return entries
 
         models = self._with_retries(send, setting="lmm.base_url", model="", token=token)
         with self._lock:
@@ -371,17 +552,23 @@ class LmmClient:
         *,
         setting: str = "lmm.vision_model",
         token: CancelToken | None = None,
+        refresh: bool = False,
     ) -> ChatResult:
-        """``POST /v1/chat/completions`` with the given JSON body (cached).
+        """``POST /v1/chat/completions`` with the given JSON body (cached when usable).
 
         Args:
             request: The full request (``model``, ``messages``, optional ``response_format``).
             setting: The setting that chose the model, named in errors about it.
-            token: Cancels waits between retries.
+            token: Cancels the request, and waits between retries.
+            refresh: Ask the endpoint again even when the cache holds an answer (the new
+                answer replaces it).
         """
         response, cached = self._cached_call(
-            "chat", request, lambda: self._openai.chat.completions.create(**request).model_dump(mode="json"),
-            setting=setting, token=token,
+            "chat", request,
+            lambda api: json_object_body(
+                api.chat.completions.with_raw_response.create(**request).http_response, self.endpoint.base_url
+            ),
+            setting=setting, token=token, usable=usable_chat, refresh=refresh,
         )
         try:
             return chat_result(response, cached)
@@ -397,6 +584,7 @@ class LmmClient:
         enabled: bool = True,
         setting: str = "lmm.vision_model",
         token: CancelToken | None = None,
+        refresh: bool = False,
     ) -> ChatResult:
         """A chat call asking for JSON through ``response_format: json_schema`` when possible.
 
@@ -405,17 +593,17 @@ class LmmClient:
         text) and the client remembers not to try again.
         """
         if not enabled or self.structured_outputs_ok is False:
-            return self.chat(request, setting=setting, token=token)
+            return self.chat(request, setting=setting, token=token, refresh=refresh)
         structured = dict(request)
         structured["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": schema_name, "schema": schema, "strict": True},
         }
         try:
-            result = self.chat(structured, setting=setting, token=token)
+            result = self.chat(structured, setting=setting, token=token, refresh=refresh)
         except RequestRejectedError as exc:
             log.info("endpoint rejected structured outputs (%s); falling back to text", exc)
-            result = self.chat(request, setting=setting, token=token)
+            result = self.chat(request, setting=setting, token=token, refresh=refresh)
             self.structured_outputs_ok = False
             return result
         self.structured_outputs_ok = True
@@ -428,6 +616,7 @@ class LmmClient:
         cache_salt: str = "",
         setting: str = "lmm.image_model",
         token: CancelToken | None = None,
+        refresh: bool = False,
     ) -> ImagesResult:
         """``POST /v1/images/generations``; images come back as ``b64_json``.
 
@@ -436,19 +625,27 @@ class LmmClient:
             cache_salt: Part of the cache key only: asking for *more* images with the same
                 prompt needs a new key, a rerun after a crash must hit the old one.
             setting: The setting that chose the model, named in errors about it.
-            token: Cancels waits between retries.
+            token: Cancels the request, and waits between retries.
+            refresh: Ask again even when the cache holds an answer.
         """
         import base64
         import binascii
 
         response, cached = self._cached_call(
             f"images{cache_salt}", request,
-            lambda: self._openai.images.generate(**request).model_dump(mode="json"),
-            setting=setting, token=token,
+            lambda api: json_object_body(
+                api.images.with_raw_response.generate(**request).http_response, self.endpoint.base_url
+            ),
+            setting=setting, token=token, usable=usable_images, refresh=refresh,
         )
+        data = response.get("data")
+        if not isinstance(data, list) or not data:
+            raise MalformedResponseError(f"{self.endpoint.base_url} answered without any image data")
         images: list[bytes] = []
-        for item in response.get("data") or []:
-            b64 = (item or {}).get("b64_json")
+        for item in data:
+            b64 = item.get("b64_json") if isinstance(item, dict) else None
+            if b64 is not None and not isinstance(b64, str):
+                raise MalformedResponseError(f"{self.endpoint.base_url} returned an image that is not base64")
             if not b64:
                 raise MalformedResponseError(
                     f"{self.endpoint.base_url} returned image URLs instead of b64_json data; "
@@ -458,11 +655,12 @@ class LmmClient:
                 images.append(base64.b64decode(b64, validate=True))
             except (binascii.Error, ValueError):
                 raise MalformedResponseError(f"{self.endpoint.base_url} returned an image that is not base64") from None
-        usage = response.get("usage") or {}
+        usage = response.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         return ImagesResult(
             images=images,
-            tokens_in=int(usage.get("input_tokens") or 0),
-            tokens_out=int(usage.get("output_tokens") or 0),
+            tokens_in=_count(usage.get("input_tokens")),
+            tokens_out=_count(usage.get("output_tokens")),
             model=str(request.get("model") or ""),
             cached=cached,
         )
@@ -472,39 +670,103 @@ class LmmClient:
         self,
         kind: str,
         request: dict[str, Any],
-        send: Callable[[], dict[str, Any]],
+        send: Callable[[Any], dict[str, Any]],
         *,
         setting: str,
         token: CancelToken | None,
+        usable: Callable[[dict[str, Any]], bool],
+        refresh: bool = False,
     ) -> tuple[dict[str, Any], bool]:
+        """Serve a usable cached answer, or send the request and cache the answer if usable.
+
+        A refusal, an empty or cut-off answer is returned to the caller but not cached,
+        so a rerun asks again; an unusable entry left by an older version is ignored.
+        """
         key = request_key(self.endpoint.base_url, kind, request) if self.cache is not None else ""
-        if self.cache is not None:
+        if self.cache is not None and not (refresh or self.refresh):
             hit = self.cache.get(key)
-            if hit is not None:
+            if hit is not None and usable(hit):
                 log.debug("cache hit for %s %s", kind, request.get("model"))
                 return hit, True
         response = self._with_retries(send, setting=setting, model=str(request.get("model") or ""), token=token)
         if self.cache is not None:
-            self.cache.put(key, response)
+            if usable(response):
+                self.cache.put(key, response)
+            else:
+                self.cache.discard(key)
         return response, False
 
     def _backoff(self, attempt: int) -> float:
         wait_s = min(self.backoff_max_s, self.backoff_s * (2**attempt))
         return wait_s * (1.0 + 0.1 * random.random())
 
-    def _with_retries(self, send: Callable[[], Any], *, setting: str, model: str, token: CancelToken | None) -> Any:
+    def _attempt(self, send: Callable[[Any], Any], budget_s: float, token: CancelToken | None) -> Any:
+        """Run one HTTP attempt in a helper thread; give up when ``budget_s`` passes or on cancel.
+
+        The caller's thread waits in short slices. On a deadline or a cancel it closes
+        the attempt's own connection pool, which makes the helper's blocked read fail
+        (it is abandoned; nothing it returns is used).
+
+        Raises:
+            Cancelled: If the token was cancelled during the attempt.
+            _AttemptTimeout: If the attempt took longer than ``budget_s``.
+        """
+        import openai
+
+        api = self._openai
+        pool = None
+        if self._own_pools:
+            # One TLS context for all pools: building one loads the CA bundle (150-200 ms of
+            # CPU, holding the GIL), a fresh pool on a shared context takes half a millisecond.
+            with self._lock:
+                if self._ssl_context is None:
+                    self._ssl_context = _ssl_context()
+            pool = openai.DefaultHttpxClient(timeout=self._openai.timeout, verify=self._ssl_context)
+            api = self._openai.with_options(http_client=pool)
+        box: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = send(api)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = exc
+            finally:
+                finished.set()
+
+        helper = threading.Thread(target=run, name="nmid-http", daemon=True)
+        end = time.monotonic() + budget_s
+        helper.start()
+        try:
+            while not finished.wait(min(0.05, max(0.0, end - time.monotonic()))):
+                if token is not None and token.cancelled:
+                    raise Cancelled()
+                if time.monotonic() >= end:
+                    raise _AttemptTimeout()
+        finally:
+            if pool is not None:
+                pool.close()
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def _with_retries(self, send: Callable[[Any], Any], *, setting: str, model: str, token: CancelToken | None) -> Any:
         import openai
 
         tries = self.endpoint.max_retries + 1
+        deadline = time.monotonic() + self.endpoint.deadline_s
         for attempt in range(tries):
             if token is not None:
                 token.raise_if_cancelled()
             last = attempt == tries - 1
             failure: LmmError | None = None
             wait_s: float | None = None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._deadline_error(attempt)
             try:
                 log.debug("request to %s (model %s), try %d/%d", self.endpoint.base_url, model or "-", attempt + 1, tries)
-                return send()
+                return self._attempt(send, min(self.endpoint.timeout_s, left), token)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 code = str(getattr(exc, "code", "") or "")
@@ -521,30 +783,45 @@ class LmmClient:
                     else:
                         wait_s = self._backoff(attempt) if wait_s is None else wait_s
                         log.info("%s answered %d; retrying in %.2f s", self.endpoint.base_url, status, wait_s)
-            except openai.APIConnectionError as exc:  # includes APITimeoutError
+            except (openai.APIConnectionError, _AttemptTimeout) as exc:  # includes APITimeoutError
                 if last:
                     failure = self._translate(exc, setting=setting, model=model, tries=attempt + 1)
                 else:
                     wait_s = self._backoff(attempt)
                     log.info("%s: %s; retrying in %.2f s", self.endpoint.base_url, type(exc).__name__, wait_s)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except MalformedResponseError as exc:
                 # Not retried: the server may already have charged for the call.
+                failure = exc
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 failure = MalformedResponseError(f"{self.endpoint.base_url} answered with a body that is not JSON")
             except openai.OpenAIError as exc:
-                failure = LmmError(f"{self.endpoint.base_url}: {exc}")
+                failure = LmmError(f"{self.endpoint.base_url}: {type(exc).__name__}: {_error_detail(exc)}")
+            except (httpx_errors() + (OSError, ValueError, TypeError, AttributeError)) as exc:
+                # Whatever else the HTTP stack raises (a bad header value, a closed pool) is one clear line.
+                failure = EndpointUnreachableError(
+                    f"request to {self.endpoint.base_url} failed ({type(exc).__name__}: {str(exc)[:200]})"
+                )
             if failure is not None:
                 # Raised outside the except clause so the openai exception (whose text may quote a
                 # server that echoed our Authorization header) is not even the implicit context.
                 raise type(failure)(redact(str(failure), self.endpoint.api_key))
+            if wait_s and time.monotonic() + wait_s >= deadline:
+                raise self._deadline_error(attempt + 1)
             _sleep(wait_s or 0.0, token)
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns or raises
+
+    def _deadline_error(self, tries: int) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"{self.endpoint.base_url} did not give a usable answer within {self.endpoint.deadline_s:g} s "
+            f"({tries} {'try' if tries == 1 else 'tries'}; setting lmm.deadline_s)"
+        )
 
     def _translate(self, exc: Exception, *, setting: str, model: str, tries: int) -> LmmError:
         import openai
 
         where = self.endpoint.base_url
         key = self.endpoint.api_key
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, (openai.APITimeoutError, _AttemptTimeout)):
             return LmmError(
                 redact(
                     f"{where} did not answer within {self.endpoint.timeout_s:g} s "

@@ -316,7 +316,8 @@ def check_budget(estimate: CostEstimate, spent_usd: float, budget_usd: float) ->
     Raises:
         BudgetExceeded: If ``spent_usd + estimate.cost_usd > budget_usd``.
     """
-    if spent_usd + estimate.cost_usd > budget_usd:
+    # Written as "not <=" so that a NaN budget or estimate refuses instead of switching the cap off.
+    if not spent_usd + estimate.cost_usd <= budget_usd:
         raise BudgetExceeded(
             f"estimated ${estimate.cost_usd:.4f} on top of ${spent_usd:.4f} already spent would pass the budget "
             f"of ${budget_usd:.2f} (setting lmm.budget_usd); raise it or run fewer images"
@@ -336,7 +337,7 @@ class BudgetGuard:
 
     def reserve(self, estimate_usd: float) -> bool:
         """Reserve the estimate of the next call; False (nothing reserved) when it would pass the cap."""
-        if self.spent_usd + self.reserved_usd + estimate_usd > self.budget_usd:
+        if not self.spent_usd + self.reserved_usd + estimate_usd <= self.budget_usd:  # NaN refuses
             return False
         self.reserved_usd += estimate_usd
         return True

@@ -173,3 +173,83 @@ def source_size(source: ImageSource | np.ndarray | Path | str) -> tuple[int, int
 
     info = probe_image(source.path)
     return info.width, info.height
+
+
+# ----------------------------------------------------------------------------- generated images
+
+GENERATED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+# An answer may be somewhat larger than asked (servers round sizes up), never a bomb.
+_OVERSIZE_FACTOR = 2
+_AUTO_MAX_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """A generated image that passed :func:`check_generated_image`.
+
+    Attributes:
+        width: Width in pixels.
+        height: Height in pixels.
+        suffix: File suffix of its real format (``.png``, ``.jpg``, ``.webp``).
+    """
+
+    width: int
+    height: int
+    suffix: str
+
+
+def _requested(size: str) -> tuple[int, int] | None:
+    """``(width, height)`` of a ``WIDTHxHEIGHT`` request, None for ``auto`` or anything else."""
+    parts = size.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def check_generated_image(data: bytes, requested_size: str = "auto") -> GeneratedImage:
+    """Check what an image model returned before it is stored.
+
+    The header is read first, so a 30000 x 30000 claim is refused without decoding a
+    pixel; then the real format (a GIF named nothing is not a PNG) and the size
+    against the request; finally the whole image is decoded, so a truncated one is caught.
+
+    Args:
+        data: The decoded ``b64_json`` bytes.
+        requested_size: The ``size`` of the request (``1024x1024`` or ``auto``).
+
+    Raises:
+        ImageError: Naming what is wrong.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    what = "generated image"
+    if not data:
+        raise ImageError(what, "the endpoint returned an empty image")
+    asked = _requested(requested_size)
+    max_w, max_h = (asked[0] * _OVERSIZE_FACTOR, asked[1] * _OVERSIZE_FACTOR) if asked else (_AUTO_MAX_SIDE,) * 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = str(im.format or "")
+                width, height = im.size
+                if fmt not in GENERATED_FORMATS:
+                    raise ImageError(what, f"is {fmt or 'an unknown format'}, not PNG, JPEG or WebP: not stored")
+                if width < 1 or height < 1 or width > max_w or height > max_h:
+                    raise ImageError(
+                        what,
+                        f"is {width} x {height} pixels, but {requested_size} was asked for: not stored "
+                        "(a decompression bomb or a wrong answer)",
+                    )
+                im.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(what, f"claims too many pixels to decode safely ({exc}): not stored") from None
+    except UnidentifiedImageError:
+        raise ImageError(what, "is not a readable image: not stored") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or damaged data
+        raise ImageError(what, f"is damaged ({exc}): not stored") from None
+    return GeneratedImage(int(width), int(height), GENERATED_FORMATS[fmt])

@@ -43,6 +43,81 @@ _TOKEN_PATTERNS = (
     re.compile(r"(?i)(api[-_ ]?key[\"']?\s*[:=]\s*[\"']?)[^\s'\",}]+"),
 )
 REDACTED = "[redacted]"
+# A run of this many characters of the key anywhere in a text is taken out: a server that
+# echoes a header split at a CR/LF or a quote shows the key in pieces, not whole.
+_FRAGMENT_LEN = 8
+_MAX_KEY_LEN = 4096
+_FORBIDDEN_IN_KEY = {"\"": "a double quote", "'": "a quote", "`": "a backquote", "\\": "a backslash"}
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an API key (never quoting it), or None when it can.
+
+    Keys travel in an HTTP header: one line of printable ASCII. A key pasted with a
+    line break, quotes or a non-ASCII character (a typographic dash) would break the
+    header, or be cut at the break and leak in pieces into an echoed error.
+    """
+    if len(key) > _MAX_KEY_LEN:
+        return f"it is {len(key)} characters long (at most {_MAX_KEY_LEN})"
+    for position, ch in enumerate(key, start=1):
+        if ch in "\r\n":
+            return f"it contains a line break at character {position}"
+        if ch in _FORBIDDEN_IN_KEY:
+            return f"it contains {_FORBIDDEN_IN_KEY[ch]} at character {position}"
+        if ch.isspace():
+            return f"it contains a space at character {position}"
+        if not ch.isascii():
+            return f"it contains a non-ASCII character (U+{ord(ch):04X}) at character {position}"
+        if not ch.isprintable():
+            return f"it contains a control character at character {position}"
+    return None
+
+
+def validate_api_key(key: str, source: str) -> str:
+    """Return ``key`` stripped, or raise naming where it came from and what is wrong.
+
+    Args:
+        key: The key as typed or read.
+        source: Where it came from, for the message (``OPENAI_API_KEY``, ``the OS keyring``...).
+
+    Raises:
+        ConfigError: If the key is empty or cannot travel in an HTTP header.
+    """
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"the API key from {source} is empty")
+    problem = key_problem(key)
+    if problem:
+        raise ConfigError(
+            f"the API key from {source} is not usable: {problem}. A key is one line of printable ASCII "
+            "without quotes or spaces: copy it again from the provider's page"
+        )
+    return key
+
+
+def _redact_fragments(text: str, secret: str) -> str:
+    """Replace every run of at least ``_FRAGMENT_LEN`` characters that also occurs in ``secret``."""
+    if len(secret) < _FRAGMENT_LEN or len(text) < _FRAGMENT_LEN:
+        return text
+    grams = {secret[i : i + _FRAGMENT_LEN] for i in range(len(secret) - _FRAGMENT_LEN + 1)}
+    covered = [False] * len(text)
+    for i in range(len(text) - _FRAGMENT_LEN + 1):
+        if text[i : i + _FRAGMENT_LEN] in grams:
+            for j in range(i, i + _FRAGMENT_LEN):
+                covered[j] = True
+    if not any(covered):
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if covered[i]:
+            while i < len(text) and covered[i]:
+                i += 1
+            out.append(REDACTED)
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -53,12 +128,18 @@ def redact(text: str, *secrets: str | None) -> str:
         *secrets: Exact strings to remove (the key in use); None and short values are ignored.
 
     Returns:
-        The text with every secret replaced by ``[redacted]``.
+        The text with every secret, and every run of 8 or more of its characters,
+        replaced by ``[redacted]``.
     """
     out = str(text)
     for secret in secrets:
         if secret and len(secret) >= _MIN_REDACT_LEN:
             out = out.replace(secret, REDACTED)
+            # Pieces of it, e.g. both halves of a key split at a line break or a quote.
+            for piece in re.split(r"[\s'\"`\\]+", secret):
+                if len(piece) >= _MIN_REDACT_LEN:
+                    out = out.replace(piece, REDACTED)
+            out = _redact_fragments(out, secret)
     for pattern in _TOKEN_PATTERNS:
         if pattern.groups:
             out = pattern.sub(lambda m: m.group(1) + REDACTED, out)
@@ -103,15 +184,20 @@ def _read_key_file(path: Path) -> str | None:
             raise ConfigError(
                 f"{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` or store the key again"
             )
-    key = path.read_text(encoding="utf-8").strip()
-    return key or None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"the API key file {path} is not UTF-8 text; store the key again") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the API key file {path}: {exc.strerror}") from None
+    return validate_api_key(key, str(path)) if key else None
 
 
 def get_api_key() -> str | None:
     """The API key from the environment, the keyring or the key file; None when there is none."""
     key = os.environ.get(ENV_VAR, "").strip()
     if key:
-        return key
+        return validate_api_key(key, ENV_VAR)
     if _keyring_usable():
         import keyring
 
@@ -121,7 +207,7 @@ def get_api_key() -> str | None:
             log.warning("cannot read the OS keyring (%s); trying the key file", type(exc).__name__)
             key = ""
         if key.strip():
-            return key.strip()
+            return validate_api_key(key, "the OS keyring")
     return _read_key_file(key_file_path())
 
 
@@ -160,11 +246,9 @@ def store_api_key(key: str) -> str:
         ``"keyring"`` or the path of the key file, to tell the user where it went.
 
     Raises:
-        ConfigError: If the key is empty or contains whitespace.
+        ConfigError: If the key is empty, or has line breaks, quotes, spaces or non-ASCII characters.
     """
-    key = key.strip()
-    if not key or any(ch.isspace() for ch in key):
-        raise ConfigError("an API key must be one word without spaces")
+    key = validate_api_key(key, "the typed key")
     if _keyring_usable():
         import keyring
 

@@ -12,7 +12,6 @@ synthetic images into training and demonstrations, and never into a test split.
 from __future__ import annotations
 
 import hashlib
-import io
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store.base import DescriptionRecord, ImageFilter, Store
 from nmid_desktop.lmm.client import LmmClient, MalformedResponseError, require_endpoint
 from nmid_desktop.lmm.cost import CostEstimate, PriceTable, check_budget, image_estimate
+from nmid_desktop.lmm.images import GeneratedImage, check_generated_image
 from nmid_desktop.lmm.parsing import REASONING
 from nmid_desktop.lmm.questions import PromptTemplate, load_prompt
 from nmid_desktop.lmm.usage import record_paid_call
@@ -44,6 +44,7 @@ class SynthesisResult:
         estimate: The cost estimate made first.
         cost_usd: Known cost of the calls (None when the model has no price).
         duplicates: Images the model returned twice (not added again).
+        rejected: Why each image that failed the checks (format, size, damage) was not stored.
         dry_run: True when nothing was sent.
     """
 
@@ -54,6 +55,7 @@ class SynthesisResult:
     estimate: CostEstimate = field(default_factory=CostEstimate)
     cost_usd: float | None = 0.0
     duplicates: int = 0
+    rejected: list[str] = field(default_factory=list)
     dry_run: bool = False
 
 
@@ -103,27 +105,6 @@ def _request(model: str, prompt: str, n: int, size: str, quality: str | None) ->
     if quality:
         request["quality"] = quality
     return request
-
-
-def _decode(data: bytes) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError("generated image", f"not a readable image ({exc})") from None
-
-
-def _suffix(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return ".png"
-    if data.startswith(b"\xff\xd8"):
-        return ".jpg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    return ".png"
 
 
 def synthesize_images(
@@ -195,10 +176,10 @@ def synthesize_images(
         cost: float | None = 0.0
         with tempfile.TemporaryDirectory(prefix="nmid-synth-") as tmp:
             round_no = 0
-            while len(result.image_ids) + result.duplicates < n:
+            while len(result.image_ids) + result.duplicates + len(result.rejected) < n:
                 if token is not None:
                     token.raise_if_cancelled()
-                want = min(MAX_PER_CALL, n - len(result.image_ids) - result.duplicates)
+                want = min(MAX_PER_CALL, n - len(result.image_ids) - result.duplicates - len(result.rejected))
                 request = _request(lmm.image_model, prompt, want, size, quality)
                 # The salt makes "n more images" a new cache key, while a rerun after a crash
                 # (same library state) finds the images it already paid for.
@@ -212,7 +193,12 @@ def synthesize_images(
                                  model=lmm.image_model)
                 cost = None if cost is None or call_cost is None else cost + call_cost
                 for data in answer.images[:want]:
-                    new_id, created = _add(store, Path(tmp), data, record.id, lmm.image_model)
+                    try:
+                        checked = check_generated_image(data, size)
+                    except ImageError as exc:
+                        result.rejected.append(exc.reason)
+                        continue
+                    new_id, created = _add(store, Path(tmp), data, checked, record.id, lmm.image_model)
                     if not created:
                         result.duplicates += 1
                         continue
@@ -229,11 +215,13 @@ def synthesize_images(
             client.close()
 
 
-def _add(store: Store, folder: Path, data: bytes, source_id: int, model: str) -> tuple[int, bool]:
-    """Write one generated image to a temporary file and add it (copied) to the library."""
-    width, height = _decode(data)
+def _add(
+    store: Store, folder: Path, data: bytes, checked: GeneratedImage, source_id: int, model: str
+) -> tuple[int, bool]:
+    """Write one checked generated image to a temporary file and add it (copied) to the library."""
+    width, height = checked.width, checked.height
     sha = hashlib.sha256(data).hexdigest()
-    path = folder / f"synthetic-{source_id}-{sha[:12]}{_suffix(data)}"
+    path = folder / f"synthetic-{source_id}-{sha[:12]}{checked.suffix}"
     path.write_bytes(data)
     return store.add_image(
         path, sha256=sha, page=0, n_pages=1, width=width, height=height, dtype="uint8",

@@ -19,7 +19,6 @@ Thread-safety (the window runs queries in worker threads while the user labels):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -125,11 +124,10 @@ class Classifier:
 
     def library_image(self, path: Path, page: int = 0) -> ImageRecord | None:
         """The library image with the same content as a file, if any (by sha256)."""
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return self.store.find_image(digest.hexdigest(), page)
+        from nmid_desktop.core.fileio import sha256_file
+
+        # sha256_file refuses a FIFO or a link to /dev/zero instead of reading it forever.
+        return self.store.find_image(sha256_file(path), page)
 
     def embed_file(self, path: Path) -> np.ndarray:
         """The embedding of an image file (first page, data bar cropped as set). Shape (D,).

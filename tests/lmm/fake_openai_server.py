@@ -4,7 +4,9 @@ It answers ``GET /v1/models``, ``POST /v1/chat/completions`` and
 ``POST /v1/images/generations`` like an OpenAI-compatible endpoint, records every
 request (headers and JSON body), and can be scripted per path with replies and
 faults: any status with any headers (429 with Retry-After, 500), a hang longer
-than the client's timeout, a body that is not JSON, a refusal, an unknown model.
+than the client's timeout, a body that is not JSON, a refusal, an unknown model,
+an HTML page with ``200 OK`` (a proxy or captive portal, see :func:`html_reply`)
+and a body dripped one byte at a time (``Reply.drip_s``).
 
 The project's code talks to it through the real ``openai`` client, so the tests
 exercise the same HTTP the users' endpoints see.
@@ -67,6 +69,19 @@ class Reply:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0  # sleep before answering: a hang past the client's timeout
+    content_type: str = "application/json"
+    drip_s: float = 0.0  # send the body one byte per drip_s seconds (a server that never ends)
+
+
+def html_reply(status: int = 200) -> Reply:
+    """What a captive portal or a corporate proxy answers: an HTML page, often with 200 OK."""
+    page = "<!DOCTYPE html><html><head><title>Sign in to the network</title></head><body><h1>Welcome</h1></body></html>"
+    return Reply(status=status, body=page, content_type="text/html; charset=utf-8")
+
+
+def drip_reply(body: Any, every_s: float = 2.0) -> Reply:
+    """A 200 whose body arrives one byte every ``every_s`` seconds: each read is quick, the whole never is."""
+    return Reply(body=body, drip_s=every_s)
 
 
 Script = Reply | Callable[[Recorded], Reply]
@@ -262,13 +277,13 @@ class FakeOpenAIServer:
                 reply = server._answer(req)
                 if reply.delay_s:
                     server._release.wait(reply.delay_s)
+                content_type = reply.content_type
                 if isinstance(reply.body, (dict, list)):
                     payload = json.dumps(reply.body).encode()
-                    content_type = "application/json"
                 elif isinstance(reply.body, bytes):
-                    payload, content_type = reply.body, "application/json"
+                    payload = reply.body
                 else:
-                    payload, content_type = str(reply.body or "").encode(), "application/json"
+                    payload = str(reply.body or "").encode()
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", content_type)
@@ -276,8 +291,15 @@ class FakeOpenAIServer:
                     for key, value in reply.headers.items():
                         self.send_header(key, value)
                     self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
+                    if reply.drip_s:
+                        for i in range(len(payload)):
+                            self.wfile.write(payload[i : i + 1])
+                            self.wfile.flush()
+                            if server._release.wait(reply.drip_s):
+                                break
+                    else:
+                        self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError, OSError):
                     pass  # the client gave up (timeout): nothing to do
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming

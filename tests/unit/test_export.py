@@ -147,7 +147,7 @@ def test_hostile_class_names_stay_inside_and_do_not_collide(store, tmp_path: Pat
     assert folders["CON"] == "_CON" and folders["trailing."] == "trailing"
     for row in rows:
         assert (out / row["file"]).resolve().is_relative_to(out.resolve())
-    listed = {p.name for p in (out / "train").iterdir()}
+    listed = {p.name for p in (out / "train").iterdir() if p.is_dir()}  # beside metadata.jsonl
     assert listed == set(folders.values())
     mapping = json.loads((out / "classes.json").read_text(encoding="utf-8"))
     assert {v["name"] for v in mapping.values()} == {n.strip() for n in names}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import hashlib
 import math
 import os
@@ -209,6 +210,11 @@ class SqlBase(Store):
                 tmp.unlink()
             if final.is_file():  # another process stored the same content at the same moment (Windows)
                 return rel
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise LibraryError(
+                    f"{source}: cannot copy into the library: the disk holding {self.root} is full "
+                    f"({exc.strerror}); free some space and import again"
+                ) from None
             raise LibraryError(f"{source}: cannot copy into the library: {exc.strerror or exc}") from exc
         return rel
 

@@ -19,17 +19,20 @@ library shared between PCs needs the planned PostgreSQL backend.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from nmid_desktop.core.config import current_user
 from nmid_desktop.core.errors import LibraryError
-from nmid_desktop.core.store.sql import SqlStore, _now
+from nmid_desktop.core.store.sql import IMAGES_DIR, SqlStore, _now
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,7 @@ class SqliteStore(SqlStore):
         self.db_path = self.root / DB_NAME
         if self.root.exists() and not self.root.is_dir():
             raise LibraryError(f"{self.root} is a file, not a library folder")
+        _refuse_lost_database(self.root, self.db_path)
         if not self.db_path.exists():
             if not create:
                 raise LibraryError(f"no library at {self.root} (no {DB_NAME}); import images or run `nmid demo` first")
@@ -207,6 +211,8 @@ class SqliteStore(SqlStore):
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise LibraryError(f"cannot create the library folder {self.root}: {exc.strerror or exc}") from exc
+        self.read_only = False
+        self._write_checked = False
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: dict[threading.Thread, sqlite3.Connection] = {}
@@ -236,31 +242,79 @@ class SqliteStore(SqlStore):
             for thread in [t for t in self._conns if not t.is_alive()]:
                 self._conns.pop(thread).close()
             try:
-                conn = sqlite3.connect(
-                    str(self.db_path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-                )
+                conn = self._connect_read_only() if self.read_only else self._connect()
+            except sqlite3.OperationalError as exc:
+                if self.read_only or _writable(self.root, self.db_path):
+                    raise _library_error(self.root, exc, f"{self.db_path} is not a usable library database") from None
+                # A library on a read-only share or a write-protected copy: reading still works.
+                log.info("%s is read-only (%s); opening it for reading only", self.db_path, exc)
+                self.read_only = True
+                try:
+                    conn = self._connect_read_only()
+                except sqlite3.Error as exc2:
+                    raise _library_error(self.root, exc2, f"{self.db_path} is not a usable library database") from None
             except sqlite3.Error as exc:
-                raise LibraryError(f"cannot open the library {self.db_path}: {exc}") from exc
-            try:
-                conn.row_factory = sqlite3.Row
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    log.warning("%s: WAL mode unavailable (journal mode %s); is it on a network share?", self.db_path, mode)
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.DatabaseError as exc:
-                conn.close()
-                raise LibraryError(f"{self.db_path} is not a usable library database: {exc}") from exc
+                raise _library_error(self.root, exc, f"{self.db_path} is not a usable library database") from None
             self._conns[threading.current_thread()] = conn
             self._local.conn = conn
             self._local.depth = 0
         return conn
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.db_path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("%s: WAL mode unavailable (journal mode %s); is it on a network share?", self.db_path, mode)
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes: ``immutable`` because WAL would need its -shm file."""
+        uri = f"{self.db_path.resolve().as_uri()}?mode=ro&immutable=1"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+
+    def _check_before_writing(self, conn: sqlite3.Connection) -> None:
+        """Refuse changes to a read-only or damaged database (checked once per open library)."""
+        if self.read_only:
+            raise LibraryError(
+                f"the library {self.root} is read-only (a write-protected folder or share): "
+                "it can be viewed, searched and exported, not changed"
+            )
+        if self._write_checked:
+            return
+        try:
+            result = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            result = [str(exc)]
+        if result != ["ok"]:
+            raise LibraryError(
+                f"the library database {self.db_path} is damaged ({'; '.join(result).replace(chr(10), '; ')[:200]}): "
+                "it is refused for "
+                "changes so nothing more is lost. Restore it from a backup, or recover it with "
+                f"`sqlite3 {self.db_path} .recover` into a new file"
+            )
+        self._write_checked = True
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the schema to SCHEMA_VERSION, all pending migrations in one transaction."""
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise _library_error(self.root, exc, f"{self.db_path} is not a usable library database") from None
         if version == SCHEMA_VERSION:
             return
+        if self.read_only:
+            raise LibraryError(f"the library {self.root} is read-only and needs an upgrade to schema {SCHEMA_VERSION}")
         if version > SCHEMA_VERSION:
             raise LibraryError(
                 f"the library {self.root} has schema version {version}, newer than this nmid-desktop "
@@ -294,10 +348,14 @@ class SqliteStore(SqlStore):
         """
         conn = self._conn()
         depth = self._local.depth
+        if depth == 0:
+            self._check_before_writing(conn)
         try:
             conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT sp{depth}")
         except sqlite3.OperationalError as exc:
-            raise LibraryError(f"the library {self.root} is busy or locked: {exc}") from exc
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise LibraryError(f"the library {self.root} is busy or locked: {exc}") from exc
+            raise _library_error(self.root, exc, f"cannot change the library {self.root}") from None
         self._local.depth = depth + 1
         try:
             yield
@@ -314,10 +372,11 @@ class SqliteStore(SqlStore):
         if depth == 0:
             try:
                 conn.execute("COMMIT")
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise _library_error(self.root, exc, f"cannot save the change to {self.root}") from None
         else:
             conn.execute(f"RELEASE sp{depth}")
 
@@ -335,8 +394,44 @@ class SqliteStore(SqlStore):
     _NO_LIMIT = -1
     _integrity_error = sqlite3.IntegrityError
 
-    def _q(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self._conn().execute(sql, params)
+    def clean_temporary_files(self, min_age_s: float = 600.0) -> int:
+        """Remove temporary copies a killed import left in ``images/``; returns how many.
+
+        Only ``images/<2 hex>/.<sha>.<random>.tmp`` files untouched for ``min_age_s`` are
+        removed: a copy still being written (by another process) keeps its mtime fresh.
+        """
+        import time
+
+        removed = 0
+        images = self.root / IMAGES_DIR
+        now = time.time()
+        try:
+            shards = [e for e in os.scandir(images) if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return 0
+        for shard in shards:
+            try:
+                with os.scandir(shard.path) as it:
+                    stale = [
+                        e.path for e in it
+                        if e.name.startswith(".") and e.name.endswith(".tmp") and now - e.stat().st_mtime > min_age_s
+                    ]
+            except OSError:
+                continue
+            for path in stale:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    removed += 1
+        return removed
+
+    def _q(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        conn = self._conn()
+        try:
+            return conn.execute(sql, params)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            if isinstance(exc, sqlite3.IntegrityError) or not _is_storage_fault(exc):
+                raise
+            raise _library_error(self.root, exc, f"library {self.root}") from None
 
     def _insert(self, sql: str, params: Sequence[Any]) -> int:
         return int(self._conn().execute(sql, params).lastrowid or 0)
@@ -352,3 +447,76 @@ class SqliteStore(SqlStore):
         # json_each keeps one parameter however many ids there are (SQLite caps parameters).
         return "json_each(?) j", json.dumps([int(i) for i in ids])
 
+
+_FULL_WORDS = ("database or disk is full", "disk is full")
+_DAMAGE_WORDS = ("malformed", "not a database", "file is encrypted", "corrupt")
+_READONLY_WORDS = ("readonly database", "read-only", "readonly")
+
+
+def _is_storage_fault(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in _FULL_WORDS + _DAMAGE_WORDS + _READONLY_WORDS) or "disk i/o error" in text
+
+
+def _library_error(root: Path, exc: BaseException, context: str) -> LibraryError:
+    """One clear message for the storage faults SQLite reports (full disk, damage, read-only)."""
+    text = str(exc)
+    lower = text.lower()
+    if any(w in lower for w in _FULL_WORDS) or getattr(exc, "errno", None) == errno.ENOSPC:
+        return LibraryError(
+            f"the disk holding the library {root} is full: the last change was not saved (everything saved "
+            "before it is safe); free some space and try again"
+        )
+    if any(w in lower for w in _DAMAGE_WORDS):
+        return LibraryError(
+            f"{context}: the database file is damaged ({text}); it is refused for changes. Restore it from a "
+            "backup, or recover it with `sqlite3 library.sqlite .recover`"
+        )
+    if any(w in lower for w in _READONLY_WORDS):
+        return LibraryError(f"the library {root} is read-only: it can be viewed and exported, not changed ({text})")
+    if "disk i/o error" in lower:
+        return LibraryError(f"{context}: the disk reported an input/output error ({text}); check the drive")
+    return LibraryError(f"{context}: {text}")
+
+
+def _writable(root: Path, db_path: Path) -> bool:
+    """True when the database file can be opened for writing and the folder takes new files (WAL needs both)."""
+    try:
+        with open(db_path, "r+b"):
+            pass
+        probe = root / f".nmid-write-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _refuse_lost_database(root: Path, db_path: Path) -> None:
+    """Refuse to start a new, empty database beside an ``images/`` folder that holds images.
+
+    An empty (0-byte) or missing ``library.sqlite`` next to stored images means the
+    labels were lost (a failed copy, a sync tool, a full disk); creating a fresh empty
+    library there would hide that and later mix two libraries' files.
+    """
+    try:
+        size = db_path.stat().st_size
+    except FileNotFoundError:
+        size = -1
+    except OSError:
+        return
+    if size > 0:
+        return
+    images = root / IMAGES_DIR
+    try:
+        stored = next((p for shard in images.iterdir() if shard.is_dir() for p in shard.iterdir()), None)
+    except OSError:
+        return
+    if stored is None:
+        return
+    state = "empty (0 bytes)" if size == 0 else "missing"
+    raise LibraryError(
+        f"{db_path} is {state}, but {images} holds stored images: the library's database was lost. "
+        "Restore library.sqlite from a backup; to start a new library instead, choose another folder "
+        "(or move the images folder away first)"
+    )
