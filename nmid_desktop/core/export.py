@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from nmid_desktop.core.errors import ImageError, NmidError
+from nmid_desktop.core.errors import ImageError, LibraryError, NmidError
 from nmid_desktop.core.jobs import Job, Progress
 from nmid_desktop.core.labels import assign_dirnames, safe_filename
 from nmid_desktop.core.store.base import SPLITS, ImageFilter, ImageRecord, Store
@@ -437,7 +437,8 @@ def export_dataset(
                     suffix = ""
                 stem = safe_filename(Path(image.original_name).stem, max_length=60)
                 page = f"_p{image.page}" if multi_page else ""
-                rel = f"{which}/{dirnames[image.label]}/{image.id:06d}_{stem}{page}{suffix}"
+                label = _exported_label(image)
+                rel = f"{which}/{dirnames[label]}/{image.id:06d}_{stem}{page}{suffix}"
                 dest = tmp / rel
                 # Names are sanitised already; this check is the last line of defence.
                 if not dest.resolve().is_relative_to(root):
@@ -483,7 +484,7 @@ def export_dataset(
                 if hf:
                     hf[which].write(json.dumps({"file_name": rel.split("/", 1)[1], **row}, ensure_ascii=False) + "\n")
                 per_class = report.counts.setdefault(which, {})
-                per_class[image.label] = per_class.get(image.label, 0) + 1
+                per_class[label] = per_class.get(label, 0) + 1
         described = {c.name: c for c in store.classes()}
         classes = {
             folder: {
@@ -509,3 +510,10 @@ def export_dataset(
         if not finished:
             shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _exported_label(image: ImageRecord) -> str:
+    """The label of an image chosen for export (only labelled images are chosen)."""
+    if image.label is None:
+        raise LibraryError(f"image {image.id} has no label and cannot be exported into a class folder")
+    return image.label

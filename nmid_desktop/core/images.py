@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -193,13 +193,14 @@ def _pillow_open(path: Path, fmt: str, handle: BinaryIO) -> Any:
     ``Image.MAX_IMAGE_PIXELS`` (about 179 MP raises); we enforce our own,
     configurable limit on the header instead, and leave the global alone.
     """
-    from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin
+    from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
-    plugin = {
+    plugins: dict[str, Callable[[BinaryIO, str], Image.Image]] = {
         "PNG": PngImagePlugin.PngImageFile,
         "JPEG": JpegImagePlugin.JpegImageFile,
         "BMP": BmpImagePlugin.BmpImageFile,
-    }[fmt]
+    }
+    plugin = plugins[fmt]
     try:
         return plugin(handle, str(path))
     except Exception as exc:  # Pillow raises SyntaxError, OSError, struct.error, ...
@@ -443,7 +444,7 @@ def _tiff_raw_pillow(path: Path, page_index: int, pixels: int) -> np.ndarray:
 
     try:
         with path.open("rb") as handle:
-            im = TiffImagePlugin.TiffImageFile(handle, str(path))
+            im: Image.Image = TiffImagePlugin.TiffImageFile(handle, str(path))
             im.seek(page_index)
             limit = Image.MAX_IMAGE_PIXELS
             if limit is not None and pixels > limit:
@@ -979,14 +980,14 @@ def _stretch_params(sample: np.ndarray, low: float, high: float) -> _StretchPara
         counts = np.bincount((sample.astype(np.int32) + offset).ravel(), minlength=65536)
         cdf = np.cumsum(counts)
         n = int(cdf[-1])
-        lo = int(np.searchsorted(cdf, max(1, math.ceil(n * low / 100)))) - offset
-        hi = int(np.searchsorted(cdf, max(1, math.ceil(n * high / 100)))) - offset
-        if hi <= lo:  # one level fills the percentile range: fall back to min..max
+        lo_level = int(np.searchsorted(cdf, max(1, math.ceil(n * low / 100)))) - offset
+        hi_level = int(np.searchsorted(cdf, max(1, math.ceil(n * high / 100)))) - offset
+        if hi_level <= lo_level:  # one level fills the percentile range: fall back to min..max
             present = np.flatnonzero(counts)
-            lo, hi = int(present[0]) - offset, int(present[-1]) - offset
+            lo_level, hi_level = int(present[0]) - offset, int(present[-1]) - offset
         levels = np.arange(65536, dtype=np.float32) - offset
-        lut = _scale(levels, float(lo), float(hi), sample.dtype)
-        return _StretchParams(sample.dtype, float(lo), float(hi), lut, offset)
+        lut = _scale(levels, float(lo_level), float(hi_level), sample.dtype)
+        return _StretchParams(sample.dtype, float(lo_level), float(hi_level), lut, offset)
     values = sample.astype(np.float64, copy=False)
     finite = values[np.isfinite(values)]
     if finite.size == 0:

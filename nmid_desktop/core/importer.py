@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -424,7 +424,7 @@ def _prepare(path: str, store: Store, max_pixels: int, detect_bar: bool, budget:
 
 def _in_order(
     pool: ThreadPoolExecutor, entries: Iterable[_Entry], work: Callable[[str], _Prepared], window: int
-) -> Iterator[tuple[_Entry, _Prepared | None]]:
+) -> Generator[tuple[_Entry, _Prepared | None], None, None]:
     """Results in input order, with at most ``window`` files in flight (bounded memory)."""
     pending: deque[tuple[_Entry, Future[_Prepared] | None]] = deque()
     it = iter(entries)
