@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from nmid_desktop.core.errors import ConfigError
+from nmid_desktop.inference.preprocess import VIEW_SETS, symmetric_views
 
-# Encoder name suffix -> number of views.
-VIEW_SETS = {"flip": 2, "flips": 4, "d4": 8}
+__all__ = ["VIEW_SETS", "ViewAveragedEncoder", "split_views"]
 
 
 class ViewAveragedEncoder:
@@ -62,21 +62,16 @@ class ViewAveragedEncoder:
         return self.base.preprocess(image)
 
     def embed_prepared(self, batch: Any) -> np.ndarray:
-        """Shape: ``(B, S, S)`` uint8 -> ``(B, D)`` float32, unit rows, averaged over the views."""
-        import torch
+        """Shape: ``(B, S, S)`` uint8 -> ``(B, D)`` float32, unit rows, averaged over the views.
 
-        x = torch.as_tensor(batch)
-        if self.views == "flip":
-            views = [x, x.flip(2)]
-        elif self.views == "flips":
-            views = [x, x.flip(2), x.flip(1), x.flip(1).flip(2)]
-        else:
-            views = [torch.rot90(x, k, dims=(1, 2)) for k in range(4)]
-            views += [v.flip(2) for v in views]
-        # One forward pass over all views: fewer, larger batches keep a CPU's cores busy.
-        stacked = torch.cat([v.contiguous() for v in views])
-        embedded = self.base.embed_prepared(stacked).astype(np.float64)
-        total = embedded.reshape(len(views), x.shape[0], self.dim).sum(axis=0)
+        The views are made in numpy (no torch), so this wraps a torch or an ONNX Runtime
+        base encoder alike; all views go through the network as one batch, since fewer,
+        larger batches keep a CPU's cores busy.
+        """
+        x = np.asarray(batch)
+        n_views = VIEW_SETS[self.views]
+        embedded = self.base.embed_prepared(symmetric_views(x, self.views)).astype(np.float64)
+        total = embedded.reshape(n_views, x.shape[0], self.dim).sum(axis=0)
         norms = np.linalg.norm(total, axis=1, keepdims=True)
         return (total / np.maximum(norms, 1e-12)).astype(np.float32)
 
