@@ -46,6 +46,7 @@ class Settings:
 
     library: str = ""
     encoder: str = ""
+    engine: str = "auto"
     k: int = 5
     strategy: str = "similarity"
     predictor: str = "local"
@@ -64,6 +65,8 @@ class Settings:
             raise ConfigError(f"setting predictor must be 'local', 'lmm' or 'both', not {self.predictor!r}")
         if self.local_predictor not in ("knn", "logreg"):
             raise ConfigError(f"setting local_predictor must be 'knn' or 'logreg', not {self.local_predictor!r}")
+        if self.engine not in ("auto", "onnxruntime", "torch"):
+            raise ConfigError(f"setting engine must be 'auto', 'onnxruntime' or 'torch', not {self.engine!r}")
         if self.max_pixels < 1:
             raise ConfigError("setting max_pixels must be positive")
         if self.lmm.image_detail not in ("low", "high", "auto"):

@@ -266,7 +266,7 @@ Embedder = Callable[[Store, Any, Sequence[int]], Job[tuple[np.ndarray, np.ndarra
 
 def _default_loader(store: Store) -> EncoderLoader:
     def load(name: str) -> Any:
-        from nmid_desktop.ml.encoders import load_encoder
+        from nmid_desktop.inference.loader import load_encoder
 
         return load_encoder(name, library=store.root)
 

@@ -51,8 +51,8 @@ class Classifier:
         store: The open library.
         settings: User settings (k, strategy, local predictor, data bar crop); loaded if None.
         encoder: An ``Encoder`` or an encoder name (``NAME+VIEWS`` for view averaging, see
-            :func:`nmid_desktop.ml.encoders.load_encoder`); default: the library's (store meta ``encoder``), else the
-            settings', else ``DEFAULT_ENCODER``.
+            :func:`nmid_desktop.inference.loader.load_encoder`); default: the library's (store meta
+            ``encoder``), else the settings', else ``DEFAULT_ENCODER``.
         include_pending: Also use labels nobody has reviewed (e.g. set from a prediction) as
             demonstrations and probe training data.
     """
@@ -81,10 +81,10 @@ class Classifier:
         """The library's encoder, loaded on first use."""
         with self._encoder_lock:
             if self._encoder is None:
-                from nmid_desktop.ml.encoders import load_encoder, resolve_encoder_name
+                from nmid_desktop.inference.loader import load_encoder, resolve_encoder_name
 
                 name = self._encoder_name or resolve_encoder_name(self.store, self.settings)
-                self._encoder = load_encoder(name, library=self.store.root)
+                self._encoder = load_encoder(name, library=self.store.root, engine=self.settings.engine)
             return self._encoder
 
     def _embed_ids(self, image_ids: Sequence[int]) -> Job[tuple[np.ndarray, np.ndarray]]:
