@@ -93,14 +93,16 @@ def test_onnxruntime_embeds_real_micrographs_like_torch(
 def test_a_trained_vit_runs_on_onnxruntime_like_torch(tmp_path: Path, neu_sample: list[np.ndarray]) -> None:
     import torch
 
-    from nmid_desktop.ml.simclr import write_encoder
+    from nmid_desktop.ml.simclr import export_graph_beside, write_encoder
     from nmid_desktop.ml.vit import MicrographViT, ViTConfig
 
     base = load_manifest("micrograph-vit")
     torch.manual_seed(0)
     state = MicrographViT(ViTConfig.from_dict(base.config)).state_dict()
     manifest_path, _, _ = write_encoder(state, base, "micrograph-vit", tmp_path / "models", {"n_train": 0})
+    assert export_graph_beside(manifest_path) == tmp_path / "models" / "micrograph-vit.onnx"  # as `nmid train` does
     ort_encoder = load_encoder(str(manifest_path), engine="onnxruntime")
+    assert ort_encoder.graph.origin == "beside manifest"
     torch_encoder = load_encoder(str(manifest_path), engine="torch", device="cpu")
     assert ort_encoder.key == torch_encoder.key
     assert _cosines(ort_encoder.embed(neu_sample), torch_encoder.embed(neu_sample)).min() >= 0.9999
@@ -204,3 +206,13 @@ def test_torch_free_path_embeds_and_classifies(shared_cache: Path, tmp_path: Pat
     assert result["top1"] == result["truth"]
     assert "no ONNX graph" in result["missing_graph"] and "nmid export-graph" in result["missing_graph"]
     assert "torch" in result["missing_graph"]
+
+
+def test_nmid_export_graph_writes_a_verified_graph(shared_cache: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from nmid_desktop.cli import main
+
+    assert main(["export-graph", "--encoder", f"{LITE0}+d4", "--out", str(tmp_path)]) == 0
+    graph = tmp_path / f"{LITE0}.onnx"
+    assert check_graph(graph, load_manifest(LITE0)) is None
+    assert f"{graph} sha256 " in capsys.readouterr().out
