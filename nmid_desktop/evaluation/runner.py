@@ -310,7 +310,7 @@ def evaluate(
     Args:
         store: The library.
         options: What to evaluate.
-        encoder_loader: name -> encoder (default: ``ml.encoders.load_encoder`` for this library).
+        encoder_loader: name -> encoder (default: ``inference.loader.load_encoder`` for this library).
         embedder: ``(store, encoder, ids) -> Job[(ids, vectors)]`` (default: the cached
             ``ml.embed.embed_images``).
 
