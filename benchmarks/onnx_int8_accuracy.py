@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import numpy as np
+    from onnx_throughput import int8_encoder
 
     from nmid_desktop.core.images import model_input
     from nmid_desktop.core.jobs import run_job
@@ -41,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     from nmid_desktop.inference.loader import load_encoder
     from nmid_desktop.inference.preprocess import resize_square
     from nmid_desktop.ml.views import ViewAveragedEncoder, split_views
-    from onnx_throughput import int8_encoder
 
     base_name, views = split_views(args.encoder)
     fp32 = load_encoder(base_name, engine="onnxruntime")
