@@ -53,18 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         int8 = int8_encoder(fp32, calib, args.work)
         int8.key = f"{fp32.key}+int8"  # its own cache key: never mixed with fp32 embeddings
+        int8.name = f"{fp32.name}-int8"  # and its own name in the evaluation's results
         print(f"int8 graph from {args.calib} library images in {time.perf_counter() - start:.0f} s")
-        encoders: dict[str, Any] = {
-            args.encoder: load_encoder(args.encoder, engine="onnxruntime"),
-            f"{args.encoder}+int8": ViewAveragedEncoder(int8, views) if views else int8,
-        }
+        reference = load_encoder(args.encoder, engine="onnxruntime")
+        quantised = ViewAveragedEncoder(int8, views) if views else int8
+        encoders: dict[str, Any] = {reference.name: reference, quantised.name: quantised}
         for split in ("hard", "kfold"):
             result = run_job(evaluate(store, EvalOptions(encoders=tuple(encoders), split=split, folds=5,
                                                          strategies=("similarity",), ks=(5,)),
                                       encoder_loader=encoders.__getitem__))
             by_key = {(r.config.encoder, r.config.predictor): r for r in result.results}
             for predictor in ("knn", "logreg"):
-                ref, q = by_key[args.encoder, predictor], by_key[f"{args.encoder}+int8", predictor]
+                ref, q = by_key[reference.name, predictor], by_key[quantised.name, predictor]
                 truth = dict(zip(ref.image_ids, ref.true_labels, strict=True))
                 right = {i for i, p in zip(ref.image_ids, ref.predicted, strict=True) if p == truth[i]}
                 wrong_q = {i for i, p in zip(q.image_ids, q.predicted, strict=True) if p != truth[i]}
