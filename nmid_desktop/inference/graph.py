@@ -16,6 +16,8 @@ Graphs are looked for, in order:
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +155,34 @@ def ensure_graph(manifest: EncoderManifest) -> GraphInfo:
             f".onnx.json beside the manifest {manifest.path or ''}, or set engine = \"torch\" in the settings "
             f"of a full install."
         )
-    from nmid_desktop.ml.onnx_export import export_graph
+    return export_in_subprocess(manifest, target)
 
-    return export_graph(manifest, target)
+
+def export_in_subprocess(manifest: EncoderManifest, target: Path) -> GraphInfo:
+    """Export ``manifest``'s graph to ``target`` in a child Python process, then verify it.
+
+    A child keeps torch out of this process (the inference path stays torch-free even in
+    a source install), and the exporter's seconds of Python-level tracing out of this
+    process's GIL: run in the window's worker thread, an in-process export froze the GUI
+    thread for 6 s.
+
+    Raises:
+        GraphError: The export failed (its last line of error output is quoted).
+    """
+    if manifest.path is None:  # not read from a file: nothing a child could read
+        from nmid_desktop.ml.onnx_export import export_graph
+
+        return export_graph(manifest, target)
+    done = subprocess.run(
+        [sys.executable, "-m", "nmid_desktop.ml.onnx_export", str(manifest.path), str(target)],
+        capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {done.returncode}"
+        raise GraphError(f"exporting encoder {manifest.name!r} to ONNX failed: {last}")
+    reason = check_graph(target, manifest)
+    if reason is not None:
+        raise GraphError(f"exporting encoder {manifest.name!r} to ONNX gave an unusable graph {target}: {reason}")
+    record = json.loads(sidecar_path(target).read_text(encoding="utf-8"))
+    return GraphInfo(target, record["graph_sha256"], str(manifest.sha256), "exported")

@@ -87,7 +87,36 @@ def export_graph(manifest: EncoderManifest, target: Path) -> GraphInfo:
 
 
 def export_beside_manifest(manifest: EncoderManifest) -> GraphInfo:
-    """Export to ``<manifest folder>/<name>.onnx`` (``nmid train``, bundle builds)."""
+    """Export to ``<manifest folder>/<name>.onnx`` (``nmid train``, bundle builds), in a child process."""
+    from nmid_desktop.inference.graph import export_in_subprocess
+
     if manifest.path is None:
         raise GraphError(f"encoder {manifest.name!r} was not read from a file; no folder to write its graph to")
-    return export_graph(manifest, manifest.path.parent / f"{manifest.name}.onnx")
+    return export_in_subprocess(manifest, manifest.path.parent / f"{manifest.name}.onnx")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nmid_desktop.ml.onnx_export MANIFEST TARGET``: export in a child process.
+
+    :func:`nmid_desktop.inference.graph.export_in_subprocess` runs this, so the exporter
+    neither loads torch into an inference process nor holds its GIL.
+    """
+    import sys
+
+    from nmid_desktop.core.errors import NmidError
+    from nmid_desktop.ml.manifest import read_manifest_file
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m nmid_desktop.ml.onnx_export MANIFEST.json TARGET.onnx", file=sys.stderr)
+        return 2
+    try:
+        export_graph(read_manifest_file(Path(args[0])), Path(args[1]))
+    except NmidError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
