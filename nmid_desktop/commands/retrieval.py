@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     _check_files(args.images)
     with open_store(args, create=False) as store:
         clf = _classifier(store, args)
+        if args.verbose:
+            enc = clf.encoder
+            print(f"encoder {enc.key}: engine {enc.engine}, device {enc.device} ({enc.runtime})", file=sys.stderr)
         ids: dict[Path, int] = _import_for_saving(store, list(args.images)) if args.save else {}
         if predictor in ("local", "both"):
             local = args.local or settings.local_predictor
@@ -264,7 +268,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if args.encoder:
             encoders = tuple(args.encoder)
         else:
-            from nmid_desktop.ml.encoders import resolve_encoder_name
+            from nmid_desktop.inference.loader import resolve_encoder_name
 
             encoders = (resolve_encoder_name(store, load_settings()),)
         options = EvalOptions(

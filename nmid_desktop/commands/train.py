@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {result.manifest_path} ({result.key}){stop}: best epoch {result.best_epoch}, "
         f"{result.monitored} {result.best_loss:.4f}, {result.seconds / 60:.1f} min on {result.device}"
     )
+    if result.graph_path is not None:
+        print(f"wrote {result.graph_path} (ONNX graph for the onnxruntime engine)")
     for source, reason in result.failed[:10]:
         print(f"skipped {source}: {reason}", file=sys.stderr)
     if len(result.failed) > 10:

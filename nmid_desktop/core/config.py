@@ -58,6 +58,7 @@ class Settings:
     # This PC's mount point of the lab's shared folder (images of a PostgreSQL library).
     shared_folder: str = ""
     encoder: str = ""
+    engine: str = "auto"
     k: int = 5
     strategy: str = "similarity"
     predictor: str = "local"
@@ -80,6 +81,8 @@ class Settings:
             raise ConfigError(f"setting predictor must be 'local', 'lmm' or 'both', not {self.predictor!r}")
         if self.local_predictor not in ("knn", "logreg"):
             raise ConfigError(f"setting local_predictor must be 'knn' or 'logreg', not {self.local_predictor!r}")
+        if self.engine not in ("auto", "onnxruntime", "torch"):
+            raise ConfigError(f"setting engine must be 'auto', 'onnxruntime' or 'torch', not {self.engine!r}")
         _check_range("max_pixels", self.max_pixels, 1, MAX_PIXELS_LIMIT)
         lmm = self.lmm
         if lmm.image_detail not in ("low", "high", "auto"):

@@ -265,7 +265,7 @@ Embedder = Callable[[Store, Any, Sequence[int]], Job[tuple[np.ndarray, np.ndarra
 
 def _default_loader(store: Store) -> EncoderLoader:
     def load(name: str) -> Any:
-        from nmid_desktop.ml.encoders import load_encoder
+        from nmid_desktop.inference.loader import load_encoder
 
         return load_encoder(name, library=store.root)
 
@@ -312,7 +312,7 @@ def evaluate(
     Args:
         store: The library.
         options: What to evaluate.
-        encoder_loader: name -> encoder (default: ``ml.encoders.load_encoder`` for this library).
+        encoder_loader: name -> encoder (default: ``inference.loader.load_encoder`` for this library).
         embedder: ``(store, encoder, ids) -> Job[(ids, vectors)]`` (default: the cached
             ``ml.embed.embed_images``).
 

@@ -1,7 +1,9 @@
 """Embedding jobs: library images (cached per encoder key) and loose files (a dropped image).
 
 Images are decoded, cropped to the micrograph proper (data bar left out) and resized
-in a torch ``DataLoader``, so with workers decoding overlaps the network's compute.
+in a background thread (or, for the torch engine with worker processes, a torch
+``DataLoader``), so decoding overlaps the network's compute. torch is imported only for
+that DataLoader: with the ONNX Runtime encoder this module runs without torch.
 An unreadable image is reported and skipped; it never kills its batch. Each batch is
 cached in the library as soon as it is embedded, so a cancelled job keeps its work.
 """
@@ -17,19 +19,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.jobs import Job, Progress
 from nmid_desktop.core.store.base import ImageFilter, Store
-from nmid_desktop.ml.encoders import Encoder, resize_square
+from nmid_desktop.inference.preprocess import resize_square
 
 log = logging.getLogger(__name__)
 
 _ID_CHUNK = 500  # image ids per store query
 T = TypeVar("T")
 _Row = tuple[int, str, int, "tuple[int, int, int, int] | None"]  # (image id, path, page, crop box)
+_Item = tuple[int, "np.ndarray | None", str]  # (key, (S, S) uint8 image or None, failure reason)
+Encoder = Any  # the torch ``ml.encoders.Encoder`` or ``inference.onnx_encoder.OnnxEncoder`` (duck-typed)
 
 
 class Embedded(tuple):
@@ -66,8 +68,10 @@ def default_workers(encoder: Encoder, n_images: int, batch_size: int) -> int:
     decoding worker beside them cost throughput (NEU JPEGs: ViT 343 -> 259 images/s,
     EfficientNet 33 -> 31); from 4 cores on, one worker takes decoding off the critical
     path, which matters for large SEM TIFFs that take longer to decode than to embed.
+    ONNX Runtime (and any engine but torch) gets none: its threads fill the cores, and the
+    prefetch thread already overlaps decoding with compute, without torch.
     """
-    if n_images <= batch_size:
+    if getattr(encoder, "engine", "torch") != "torch" or n_images <= batch_size:
         return 0
     cores = os.cpu_count() or 1
     if encoder.device.startswith("cuda"):
@@ -79,7 +83,7 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "reason", None) or exc or type(exc).__name__)[:200]
 
 
-class _LibraryImages(Dataset):
+class _LibraryImages:
     """Decode ``(id, path, page, crop_box)`` rows to ``(S, S)`` uint8 network inputs."""
 
     def __init__(self, rows: list[_Row], size: int, max_pixels: int | None) -> None:
@@ -101,7 +105,7 @@ class _LibraryImages(Dataset):
             return image_id, None, _reason(exc)
 
 
-class _LooseFiles(Dataset):
+class _LooseFiles:
     """Decode files outside the library, detecting and cropping the data bar when asked."""
 
     def __init__(self, paths: Sequence[Path], size: int, crop: bool) -> None:
@@ -176,32 +180,48 @@ def prefetched(batches: Iterable[T], depth: int = 2) -> Iterator[T]:
         thread.join(timeout=60)
 
 
-def _collate(
-    batch: list[tuple[int, np.ndarray | None, str]],
-) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+def _collate(batch: list[_Item]) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]]]:
     """Split a batch into readable images ``(B, S, S)`` uint8 and failures."""
     ids = [key for key, image, _ in batch if image is not None]
     images = [image for _, image, _ in batch if image is not None]
     failed = [(key, reason) for key, image, reason in batch if image is None]
-    stacked = torch.from_numpy(np.stack(images)) if images else None
-    return ids, stacked, failed
+    return ids, (np.stack(images) if images else None), failed
 
 
-def _loader(dataset: Dataset, encoder: Encoder, batch_size: int, num_workers: int | None) -> Iterator[Any]:
+def _collate_torch(batch: list[_Item]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """:func:`_collate` with a torch tensor, so the DataLoader can pin it for CUDA."""
+    import torch
+
+    ids, images, failed = _collate(batch)
+    return ids, (torch.from_numpy(images) if images is not None else None), failed
+
+
+def _batches(dataset: _LibraryImages | _LooseFiles, batch_size: int) -> Iterator[Any]:
+    """Decode and collate batches in order, in the calling thread."""
+    for start in range(0, len(dataset), batch_size):
+        stop = min(start + batch_size, len(dataset))
+        yield _collate([dataset[i] for i in range(start, stop)])
+
+
+def _loader(dataset: _LibraryImages | _LooseFiles, encoder: Encoder, batch_size: int,
+            num_workers: int | None) -> Iterator[Any]:
     """Batches of decoded images: from DataLoader workers, or prefetched by a thread."""
     workers = default_workers(encoder, len(dataset), batch_size) if num_workers is None else num_workers
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=encoder.device.startswith("cuda"),
-        prefetch_factor=2 if workers else None,
-    )
-    if workers or len(dataset) <= batch_size:
-        return iter(loader)
-    return prefetched(loader)
+    if workers:
+        from torch.utils.data import DataLoader
+
+        return iter(DataLoader(
+            dataset,  # type: ignore[arg-type]  # a map-style dataset: __len__ and __getitem__
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate_torch,
+            pin_memory=str(encoder.device).startswith("cuda"),
+            prefetch_factor=2,
+        ))
+    if len(dataset) <= batch_size:
+        return _batches(dataset, batch_size)
+    return prefetched(_batches(dataset, batch_size))
 
 
 def _library_rows(store: Store, ids: list[int], crop: bool) -> tuple[list[_Row], list[tuple[int, str]]]:

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
 from nmid_desktop.core.jobs import ensure_worker_thread
+from nmid_desktop.inference.loader import (  # torch-free; kept importable from here
+    DEFAULT_ENCODER,
+    LIBRARY_ENCODER_META,
+    resolve_encoder_name,
+    set_library_encoder,
+)
+from nmid_desktop.inference.onnx_encoder import encoder_key
+from nmid_desktop.inference.preprocess import as_grey_uint8, resize_square
 from nmid_desktop.ml.device import pick_device
 from nmid_desktop.ml.manifest import (
     EncoderManifest,
@@ -28,16 +34,10 @@ from nmid_desktop.ml.manifest import (
     verify_weights,
 )
 
-if TYPE_CHECKING:
-    from nmid_desktop.core.config import Settings
-    from nmid_desktop.core.store.base import Store
-
-# Frozen ImageNet features averaged over the 8 flips/rotations are the default: they need
-# no training, frozen ImageNet CNN features are the strongest published baseline on small
-# micrograph sets, and micrographs have no canonical orientation. `nmid evaluate` on NEU's
-# hard split: plain 0.978 (logreg) / 0.944 (kNN), +d4 0.983 / 0.994, SimCLR ViT 0.64.
-DEFAULT_ENCODER = "efficientnet-lite0-imagenet+d4"
-LIBRARY_ENCODER_META = "encoder"
+__all__ = [
+    "DEFAULT_ENCODER", "LIBRARY_ENCODER_META", "Encoder", "as_grey_uint8", "build_network", "load_encoder",
+    "normalise_batch", "normalisation_tensors", "resize_square", "resolve_encoder_name", "set_library_encoder",
+]
 
 
 def build_network(manifest: EncoderManifest, *, load_weights: bool = True) -> nn.Module:
@@ -100,32 +100,6 @@ def _for_inference(network: nn.Module) -> nn.Module:
     return network
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D uint8 image to ``(size, size)`` (the whole field of view, aspect squashed).
-
-    Pillow's bilinear filter widens its support when shrinking, so large SEM frames are
-    antialiased rather than aliased; ``reducing_gap`` makes big reductions fast.
-    """
-    if image.shape == (size, size):
-        return np.ascontiguousarray(image)
-    resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.asarray(resized, dtype=np.uint8)
-
-
-def as_grey_uint8(image: np.ndarray) -> np.ndarray:
-    """Check an input image: 2-D uint8 (an ``(H, W, 1)`` array is squeezed).
-
-    Raises:
-        ValueError: For other shapes or dtypes (callers pass ``core.images.model_input`` output).
-    """
-    array = np.asarray(image)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim != 2 or array.dtype != np.uint8 or min(array.shape) < 1:
-        raise ValueError(f"encoders take 2-D uint8 grey images, not {array.dtype} of shape {array.shape}")
-    return array
-
-
 def normalisation_tensors(manifest: EncoderManifest, device: str) -> tuple[Tensor, Tensor]:
     """The manifest's mean and std as ``(1, C, 1, 1)`` tensors on ``device``."""
     shape = (1, manifest.channels, 1, 1)
@@ -153,6 +127,8 @@ class Encoder:
         key: ``"<name>@<sha256[:12]>"``; the embedding-cache key, new whenever weights change.
         dim: Embedding length ``D``.
         device: Torch device string the network runs on.
+        engine: ``"torch"`` (the ONNX Runtime encoder says ``"onnxruntime"``).
+        runtime: One line for people: torch version, device, threads.
         input_size: Side ``S`` of the square network input.
         manifest: The manifest it was built from.
         network: The torch module (eval mode; for EfficientNet a copy with BatchNorm folded
@@ -165,10 +141,12 @@ class Encoder:
     def __init__(self, manifest: EncoderManifest, network: nn.Module, device: str = "cpu") -> None:
         self.manifest = manifest
         self.name = manifest.name
-        self.key = f"{manifest.name}@{manifest.sha256[:12]}" if manifest.sha256 else f"{manifest.name}@untrained"
+        self.key = encoder_key(manifest)
         self.dim = manifest.embedding_dim
         self.input_size = manifest.input_size
         self.device = device
+        self.engine = "torch"
+        self.runtime = f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads"
         self.network = _for_inference(network).to(device).eval()
         self._mean, self._std = normalisation_tensors(manifest, device)
         self.light = manifest.architecture == "micrograph-vit"
@@ -201,6 +179,7 @@ class Encoder:
 
         Shape: ``(B, S, S)`` uint8 -> ``(B, D)`` float32, each row of unit length.
         """
+        ensure_worker_thread("embedding")
         batch = torch.as_tensor(batch)
         out = np.empty((batch.shape[0], self.dim), dtype=np.float32)
         with torch.inference_mode():
@@ -219,7 +198,6 @@ class Encoder:
         Returns:
             ``(N, D)`` float32, L2-normalised rows, in input order.
         """
-        ensure_worker_thread("embedding")
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
@@ -251,27 +229,3 @@ def load_encoder(name: str | Path, *, library: Path | None = None, device: str |
     resolved = pick_device(device)
     encoder = Encoder(manifest, build_network(manifest), resolved)
     return ViewAveragedEncoder(encoder, views) if views else encoder  # type: ignore[return-value]
-
-
-def resolve_encoder_name(store: Store | None = None, settings: Settings | None = None) -> str:
-    """The encoder a library uses: its own choice, else the user's setting, else the default.
-
-    ``nmid train --use`` records the library's choice with :func:`set_library_encoder`.
-    """
-    if store is not None:
-        chosen: Any = store.get_meta(LIBRARY_ENCODER_META)
-        if isinstance(chosen, str) and chosen:
-            return chosen
-    if settings is None:
-        from nmid_desktop.core.config import load_settings
-
-        settings = load_settings()
-    return settings.encoder or DEFAULT_ENCODER
-
-
-def set_library_encoder(store: Store, name: str) -> None:
-    """Make ``name`` the library's encoder (checked to exist, in the library or the repository)."""
-    from nmid_desktop.ml.views import split_views
-
-    load_manifest(split_views(name)[0], [library_models_dir(store.root)])
-    store.set_meta(LIBRARY_ENCODER_META, name)

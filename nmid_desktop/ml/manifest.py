@@ -85,6 +85,29 @@ class EncoderManifest:
         return self.weights_file is not None
 
 
+def encoder_key(name: str, sha256: str, views: str = "") -> str:
+    """The embedding-cache key: ``NAME@SHA12`` (``NAME@untrained`` without weights), ``+VIEWS`` when averaged.
+
+    The one place a key is built; :func:`parse_encoder_key` is its inverse. Both engines give
+    the same embeddings, so the key names the network, never the engine.
+    """
+    key = f"{name}@{sha256[:12]}" if sha256 else f"{name}@untrained"
+    return f"{key}+{views}" if views else key
+
+
+def parse_encoder_key(key: str) -> tuple[str, str, str]:
+    """``(name, sha12 or "untrained", views or "")`` of a key made by :func:`encoder_key`.
+
+    Raises:
+        ManifestError: When ``key`` is not such a key.
+    """
+    name, sep, rest = key.rpartition("@")
+    if not sep or not name or not rest:
+        raise ManifestError(f"{key!r} is not an encoder key (NAME@SHA12[+VIEWS])")
+    digest, _, views = rest.partition("+")
+    return name, digest, views
+
+
 def _normalisation(raw: Any, channels: int, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: 'normalisation' must be an object with mean/std or range")

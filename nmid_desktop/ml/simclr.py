@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import tempfile
@@ -43,8 +44,17 @@ from nmid_desktop.core.jobs import CancelToken, Job, Progress, ensure_worker_thr
 from nmid_desktop.ml.augment import AugmentConfig, two_views
 from nmid_desktop.ml.device import pick_device
 from nmid_desktop.ml.encoders import as_grey_uint8, build_network, normalisation_tensors, normalise_batch
-from nmid_desktop.ml.manifest import EncoderManifest, file_sha256, load_manifest, normalisation_to_json
+from nmid_desktop.ml.manifest import (
+    EncoderManifest,
+    encoder_key,
+    file_sha256,
+    load_manifest,
+    normalisation_to_json,
+    read_manifest_file,
+)
 from nmid_desktop.ml.ntxent import nt_xent_loss
+
+log = logging.getLogger(__name__)
 
 #: One training image: a file (data bar detected and cropped), ``(path, page, crop_box)``
 #: (cropped to ``crop_box`` when not None), a decoded 2-D uint8 array, or a callable
@@ -94,6 +104,7 @@ class TrainResult:
     device: str
     seconds: float
     failed: list[tuple[str, str]] = field(default_factory=list)
+    graph_path: Path | None = None
 
 
 # -- images -------------------------------------------------------------------------------
@@ -292,6 +303,22 @@ def write_encoder(
     if old_weights is not None and old_weights != weights_path:
         old_weights.unlink(missing_ok=True)
     return manifest_path, weights_path, sha
+
+
+def export_graph_beside(manifest_path: Path) -> Path | None:
+    """Write the trained encoder's ONNX graph beside its weights, for the torch-free engine.
+
+    Without the ``onnx`` package nothing is written (a warning says so): the graph is then
+    exported into the cache at first use by a full install.
+    """
+    from nmid_desktop.inference.graph import GraphError
+    from nmid_desktop.ml.onnx_export import export_beside_manifest
+
+    try:
+        return export_beside_manifest(read_manifest_file(manifest_path)).path
+    except GraphError as exc:
+        log.warning("%s; the graph will be exported at first use instead", exc)
+        return None
 
 
 # -- the job --------------------------------------------------------------------------------
@@ -564,12 +591,13 @@ def train_simclr(
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     manifest_path, weights_path, sha = write_encoder(best_state, base, name, Path(out_dir), training)
+    graph_path = export_graph_beside(manifest_path)
     return TrainResult(
         name=name,
         manifest_path=manifest_path,
         weights_path=weights_path,
         sha256=sha,
-        key=f"{name}@{sha[:12]}",
+        key=encoder_key(name, sha),
         epochs_run=len(history),
         best_epoch=best_epoch,
         best_loss=best_loss,
@@ -581,4 +609,5 @@ def train_simclr(
         device=resolved,
         seconds=time.monotonic() - started,
         failed=failed,
+        graph_path=graph_path,
     )

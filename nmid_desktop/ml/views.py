@@ -10,14 +10,15 @@ at one forward pass per view.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from nmid_desktop.core.errors import ConfigError
+from nmid_desktop.inference.preprocess import VIEW_SETS, symmetric_views
+from nmid_desktop.inference.protocol import ImageEncoder
+from nmid_desktop.ml.manifest import encoder_key, parse_encoder_key
 
-# Encoder name suffix -> number of views.
-VIEW_SETS = {"flip": 2, "flips": 4, "d4": 8}
+__all__ = ["VIEW_SETS", "ViewAveragedEncoder", "split_views"]
 
 
 class ViewAveragedEncoder:
@@ -32,51 +33,39 @@ class ViewAveragedEncoder:
         views: One of :data:`VIEW_SETS`.
     """
 
-    def __init__(self, base: Any, views: str) -> None:
+    def __init__(self, base: ImageEncoder, views: str) -> None:
         if views not in VIEW_SETS:
             raise ConfigError(f"view set must be one of {', '.join(VIEW_SETS)}, not {views!r}")
         self.base = base
         self.views = views
         self.name = f"{base.name}+{views}"
-        self.key = f"{base.key}+{views}"
+        name, digest, _ = parse_encoder_key(base.key)
+        self.key = encoder_key(name, "" if digest == "untrained" else digest, views)
         self.dim = base.dim
         self.input_size = base.input_size
         self.device = base.device
-        self.manifest = base.manifest
+        self.engine = base.engine
+        self.runtime = base.runtime
+        self.manifest = getattr(base, "manifest", None)
 
     def __repr__(self) -> str:
         return f"ViewAveragedEncoder({self.key!r}, views={VIEW_SETS[self.views]})"
-
-    def __getattr__(self, name: str) -> Any:
-        # Plain attributes of the base encoder (device hints and the like) pass through; its
-        # methods do not, since one that embeds would silently skip the view averaging.
-        if name == "base":
-            raise AttributeError(name)
-        value = getattr(self.base, name)
-        if callable(value):
-            raise AttributeError(f"ViewAveragedEncoder does not offer the base encoder's {name}()")
-        return value
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """As the base encoder: ``(H, W)`` uint8 -> ``(S, S)`` uint8."""
         return self.base.preprocess(image)
 
-    def embed_prepared(self, batch: Any) -> np.ndarray:
-        """Shape: ``(B, S, S)`` uint8 -> ``(B, D)`` float32, unit rows, averaged over the views."""
-        import torch
+    def embed_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """Shape: ``(B, S, S)`` uint8 -> ``(B, D)`` float32, unit rows, averaged over the views.
 
-        x = torch.as_tensor(batch)
-        if self.views == "flip":
-            views = [x, x.flip(2)]
-        elif self.views == "flips":
-            views = [x, x.flip(2), x.flip(1), x.flip(1).flip(2)]
-        else:
-            views = [torch.rot90(x, k, dims=(1, 2)) for k in range(4)]
-            views += [v.flip(2) for v in views]
-        # One forward pass over all views: fewer, larger batches keep a CPU's cores busy.
-        stacked = torch.cat([v.contiguous() for v in views])
-        embedded = self.base.embed_prepared(stacked).astype(np.float64)
-        total = embedded.reshape(len(views), x.shape[0], self.dim).sum(axis=0)
+        The views are made in numpy (no torch), so this wraps a torch or an ONNX Runtime
+        base encoder alike; all views go through the network as one batch, since fewer,
+        larger batches keep a CPU's cores busy.
+        """
+        x = np.asarray(batch)
+        n_views = VIEW_SETS[self.views]
+        embedded = self.base.embed_prepared(symmetric_views(x, self.views)).astype(np.float64)
+        total = embedded.reshape(n_views, x.shape[0], self.dim).sum(axis=0)
         norms = np.linalg.norm(total, axis=1, keepdims=True)
         return (total / np.maximum(norms, 1e-12)).astype(np.float32)
 

@@ -34,6 +34,7 @@ from nmid_desktop.core.jobs import Job, Progress, run_job
 from nmid_desktop.core.store.base import ImageRecord, Store
 from nmid_desktop.index.annoy_index import AnnoyIndex, StaleIndexError, build_index, index_path
 from nmid_desktop.index.searcher import Searcher
+from nmid_desktop.inference.protocol import ImageEncoder
 from nmid_desktop.predict.knn import KnnPredictor
 from nmid_desktop.predict.probe import ProbePredictor
 from nmid_desktop.predict.ranking import Ranking
@@ -51,14 +52,14 @@ class Classifier:
         store: The open library.
         settings: User settings (k, strategy, local predictor, data bar crop); loaded if None.
         encoder: An ``Encoder`` or an encoder name (``NAME+VIEWS`` for view averaging, see
-            :func:`nmid_desktop.ml.encoders.load_encoder`); default: the library's (store meta ``encoder``), else the
-            settings', else ``DEFAULT_ENCODER``.
+            :func:`nmid_desktop.inference.loader.load_encoder`); default: the library's (store meta
+            ``encoder``), else the settings', else ``DEFAULT_ENCODER``.
         include_pending: Also use labels nobody has reviewed (e.g. set from a prediction) as
             demonstrations and probe training data.
     """
 
     def __init__(
-        self, store: Store, settings: Settings | None = None, *, encoder: Any = None, include_pending: bool = True
+        self, store: Store, settings: Settings | None = None, *, encoder: ImageEncoder | None = None, include_pending: bool = True
     ) -> None:
         self.store = store
         self.settings = settings or load_settings()
@@ -78,14 +79,14 @@ class Classifier:
 
     # -- encoder and embeddings -----------------------------------------------------------
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> ImageEncoder:
         """The library's encoder, loaded on first use."""
         with self._encoder_lock:
             if self._encoder is None:
-                from nmid_desktop.ml.encoders import load_encoder, resolve_encoder_name
+                from nmid_desktop.inference.loader import load_encoder, resolve_encoder_name
 
                 name = self._encoder_name or resolve_encoder_name(self.store, self.settings)
-                self._encoder = load_encoder(name, library=self.store.root)
+                self._encoder = load_encoder(name, library=self.store.root, engine=self.settings.engine)
             return self._encoder
 
     def _embed_ids(self, image_ids: Sequence[int]) -> Job[tuple[np.ndarray, np.ndarray]]:

@@ -18,6 +18,7 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import Store, open_library
+from nmid_desktop.inference.protocol import ImageEncoder
 
 if TYPE_CHECKING:
     from nmid_desktop.predict.service import Classifier
@@ -85,7 +86,7 @@ def batch_job(
     use_model: bool = False,
     write_labels: bool = True,
     estimate_only: bool = False,
-    encoder: Any = None,
+    encoder: ImageEncoder | None = None,
 ) -> Job[BatchSummary]:
     """Classify every image of a folder.
 

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +24,11 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import LibraryError, NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
+from nmid_desktop.inference.protocol import ImageEncoder
 from nmid_desktop.workspace.display import DemoTile, ImagePayload, ThumbnailCache, load_image
+
+if TYPE_CHECKING:
+    from nmid_desktop.predict.service import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ class Engine:
         library: Path,
         settings: Settings,
         thumbnails: ThumbnailCache | None = None,
-        encoder: Any = None,
+        encoder: ImageEncoder | None = None,
     ) -> None:
         self.library = Path(library)
         self.settings = settings
@@ -145,7 +149,7 @@ class Engine:
         self._lock = threading.Lock()
         self._classifier = self._new_classifier()
 
-    def _new_classifier(self) -> Any:
+    def _new_classifier(self) -> Classifier:
         from nmid_desktop.predict.service import Classifier
 
         return Classifier(self.store, self.settings, encoder=self._encoder)
@@ -156,7 +160,7 @@ class Engine:
 
     # -- classifier -------------------------------------------------------------------------
     @property
-    def classifier(self) -> Any:
+    def classifier(self) -> Classifier:
         """The library's :class:`~nmid_desktop.predict.service.Classifier` (thread-safe)."""
         with self._lock:
             return self._classifier
@@ -204,7 +208,7 @@ class Engine:
         classifier = self.classifier
         if classifier.ready:
             encoder = classifier.encoder.key
-            device = classifier.encoder.device
+            device = str(classifier.encoder.device)
             index_state = "rebuild due" if classifier.needs_rebuild else "ready"
         else:
             index_state = "not loaded"
@@ -372,7 +376,7 @@ class Engine:
 
 
 def open_engine(
-    library: Path, settings: Settings, thumbnails: ThumbnailCache | None = None, encoder: Any = None
+    library: Path, settings: Settings, thumbnails: ThumbnailCache | None = None, encoder: ImageEncoder | None = None
 ) -> Engine:
     """The engine lane's context factory (runs in the lane's thread)."""
     try:

@@ -103,3 +103,16 @@ def test_invalid_manifests_are_refused(change: dict, message: str) -> None:
     del data["embedding_dim"]
     with pytest.raises(ManifestError, match="embedding_dim"):
         manifest_from_dict(data, base=Path("."))
+
+
+def test_encoder_key_is_built_and_parsed_in_one_place() -> None:
+    from nmid_desktop.ml.manifest import ManifestError, encoder_key, parse_encoder_key
+
+    assert encoder_key("vit", "0123456789abcdef") == "vit@0123456789ab"
+    assert encoder_key("efficientnet-lite0-imagenet", "aa" * 32, "d4") == f"efficientnet-lite0-imagenet@{'a' * 12}+d4"
+    assert encoder_key("vit", "") == "vit@untrained"
+    for key in ("vit@0123456789ab", "a-b@cdef01234567+flips", "vit@untrained"):
+        name, digest, views = parse_encoder_key(key)
+        assert encoder_key(name, "" if digest == "untrained" else digest, views) == key
+    with pytest.raises(ManifestError):
+        parse_encoder_key("no-key-here")

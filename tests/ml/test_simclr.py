@@ -55,7 +55,10 @@ def test_tiny_run_reports_progress_and_writes_encoder(neu_images: list[Path], tm
     assert (result.n_train, result.n_val, result.epochs_run, result.monitored) == (16, 4, 2, "val_loss")
     assert result.best_loss == min(e["val_loss"] for e in epochs)
 
-    assert sorted(p.name for p in out.iterdir()) == sorted([result.manifest_path.name, result.weights_path.name])
+    # Weights, manifest, and the ONNX graph with its record (for the torch-free engine).
+    assert result.graph_path == out / "micrograph-vit.onnx"
+    written = [result.manifest_path.name, result.weights_path.name, "micrograph-vit.onnx", "micrograph-vit.onnx.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(written)
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["name"] == "micrograph-vit" and manifest["sha256"] == file_sha256(result.weights_path)
     assert manifest["training"]["best_epoch"] == result.best_epoch

@@ -78,6 +78,12 @@ def test_nmid_train_writes_and_selects_the_encoder(library: Path, capsys: pytest
     assert (library / "models" / "micrograph-vit.json").is_file()
     encoder = load_encoder("micrograph-vit", library=library, device="cpu")
     assert encoder.key in out
+    # The trained encoder's ONNX graph lies beside its weights, ready for the torch-free engine.
+    from nmid_desktop.inference.loader import load_encoder as load_on_engine
+
+    assert f"{library / 'models' / 'micrograph-vit.onnx'} (ONNX graph" in out
+    on_ort = load_on_engine("micrograph-vit", library=library, engine="onnxruntime")
+    assert on_ort.key == encoder.key and on_ort.graph.origin == "beside manifest"
     store = open_library(library, create=False)
     try:
         assert resolve_encoder_name(store) == "micrograph-vit"
