@@ -1,0 +1,103 @@
+"""``--refresh`` on the paid commands, and ``nmid classify FOLDER``, run through ``cli.main`` against the fake endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from fake_openai_server import chat_reply
+from PIL import Image
+
+from nmid_desktop.cli import main
+from nmid_desktop.core.config import save_settings
+
+CHAT = "/v1/chat/completions"
+ENCODER = "efficientnet-lite0-imagenet"
+
+
+@pytest.fixture
+def configured(settings):
+    save_settings(settings)
+    return settings
+
+
+def _describe_answer(req) -> object:
+    return chat_reply(json.dumps({"groups": [{"group": 1, "reasoning": "r", "answers": [{"question": 1, "answer": "Steel."}]}]}))
+
+
+def test_describe_refresh_asks_again_instead_of_the_cache(server, configured, library, capsys) -> None:
+    server.chat_default = _describe_answer
+    image = str(library.images()[0].id)
+    root = str(library.root)
+    library.close()
+    assert main(["describe", image, "--library", root]) == 0
+    asked = len(server.calls(CHAT))
+    assert asked >= 1
+    assert main(["describe", image, "--library", root]) == 0
+    assert len(server.calls(CHAT)) == asked  # served from the cache
+    assert "cached" in capsys.readouterr().out
+    assert main(["describe", image, "--refresh", "--library", root]) == 0
+    assert len(server.calls(CHAT)) == 2 * asked  # asked again
+    assert ", cached" not in capsys.readouterr().out
+
+
+def test_questions_refresh_asks_again(server, configured, library, capsys) -> None:
+    answer = {"groups": [{"title": "Cracks", "questions": ["Are there cracks?"]}, {"title": "Spots", "questions": ["Dark spots?"]}]}
+    server.chat_default = lambda req: chat_reply(json.dumps(answer), model="text-1")
+    root = str(library.root)
+    library.close()
+    argv = ["questions", "--domain", "steel", "--name", "steel", "--library", root]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    assert len(server.calls(CHAT)) == 1
+    assert main([*argv, "--refresh"]) == 0
+    assert len(server.calls(CHAT)) == 2
+
+
+def test_every_paid_command_has_refresh(capsys) -> None:
+    for command in ("describe", "synthesize", "questions", "classify", "evaluate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--refresh" in capsys.readouterr().out, command
+
+
+def test_classify_lmm_refresh_asks_again(server, configured, library, capsys) -> None:
+    server.chat_default = lambda req: chat_reply(json.dumps({"label": "crazing", "confidence": 0.9, "ranking": ["crazing", "inclusion"],
+                                                              "rationale": "lines"}))
+    image = str(library.images()[0].path)
+    root = str(library.root)
+    library.close()
+    argv = ["classify", image, "--predictor", "lmm", "--encoder", ENCODER, "--library", root]
+    assert main(argv) == 0, capsys.readouterr()
+    asked = len(server.calls(CHAT))
+    assert main(argv) == 0
+    assert len(server.calls(CHAT)) == asked
+    assert main([*argv, "--refresh"]) == 0
+    assert len(server.calls(CHAT)) == 2 * asked
+
+
+def test_classify_a_folder_recursively_reports_what_it_skips(library, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "new"
+    (folder / "deeper").mkdir(parents=True)
+    for n, path in enumerate((folder / "a.png", folder / "deeper" / "b.png")):
+        Image.open(library.images()[n].path).save(path)
+    (folder / "notes.txt").write_text("not an image, not an item")
+    os.mkfifo(folder / "pipe.png")
+    root = str(library.root)
+    library.close()
+    code = main(["classify", str(folder), "--predictor", "local", "--encoder", ENCODER, "--library", root])
+    out, err = capsys.readouterr()
+    assert code == 1  # the FIFO is a failed item; the two images are classified
+    assert f"{folder / 'a.png'}: " in out and f"{folder / 'deeper' / 'b.png'}: " in out
+    assert "pipe.png: skipped: " in err and "named pipe" in err and "notes.txt" not in out + err
+    assert "2/2 classified" in err  # progress lines, stderr not being a terminal
+
+
+def test_classify_an_empty_folder_is_one_error(library, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    root = str(library.root)
+    library.close()
+    assert main(["classify", str(tmp_path / "empty"), "--predictor", "local", "--library", root]) == 1
+    assert "no images" in capsys.readouterr().err
