@@ -101,3 +101,21 @@ def test_classify_an_empty_folder_is_one_error(library, tmp_path: Path, capsys) 
     library.close()
     assert main(["classify", str(tmp_path / "empty"), "--predictor", "local", "--library", root]) == 1
     assert "no images" in capsys.readouterr().err
+
+
+def test_evaluate_lmm_refresh_asks_again_and_restores_the_predictor(server, configured, library, capsys) -> None:
+    from nmid_desktop.evaluation.runner import PREDICTORS
+    from nmid_desktop.lmm.evaluation import LMM_PREDICTOR
+
+    server.chat_default = lambda req: chat_reply(json.dumps({"label": "crazing", "top5": [], "confidence": 0.6, "rationale": "r"}))
+    root = str(library.root)
+    library.close()
+    argv = ["evaluate", "--predictor", "lmm", "--strategy", "similarity", "-k", "1", "--encoder", ENCODER, "--library", root]
+    assert main(argv) == 0, capsys.readouterr()
+    asked = len(server.calls(CHAT))
+    assert asked >= 1
+    assert main(argv) == 0
+    assert len(server.calls(CHAT)) == asked  # the cache answered
+    assert main([*argv, "--refresh"]) == 0
+    assert len(server.calls(CHAT)) == 2 * asked
+    assert PREDICTORS["lmm"] is LMM_PREDICTOR  # the refreshing stand-in was for that run only
