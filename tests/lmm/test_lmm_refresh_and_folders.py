@@ -119,3 +119,35 @@ def test_evaluate_lmm_refresh_asks_again_and_restores_the_predictor(server, conf
     assert main([*argv, "--refresh"]) == 0
     assert len(server.calls(CHAT)) == 2 * asked
     assert PREDICTORS["lmm"] is LMM_PREDICTOR  # the refreshing stand-in was for that run only
+
+
+def _described(library) -> int:
+    from nmid_desktop.core.store.base import DescriptionRecord, DescriptionRow
+
+    image = library.images()[0]
+    library.add_description(DescriptionRecord(image.id, "vision-1", "describe-v1/x/y", [DescriptionRow("Basics", "What?", "Cracks.")]))
+    return image.id
+
+
+def test_synthesize_exits_1_when_a_generated_image_is_refused(server, configured, library, capsys) -> None:
+    import base64
+
+    from fake_openai_server import Reply, png_b64
+
+    image_id = _described(library)
+    root = str(library.root)
+    library.close()
+    gif = io_gif()
+    server.script("/v1/images/generations", Reply(body={"data": [{"b64_json": png_b64(32, 1)}, {"b64_json": base64.b64encode(gif).decode()}]}))
+    assert main(["synthesize", str(image_id), "--n", "2", "--library", root]) == 1
+    out, err = capsys.readouterr()
+    assert "1 synthetic images" in out and "a generated image was refused" in err
+    assert main(["synthesize", str(image_id), "--n", "2", "--library", root]) == 0  # the server's default: 2 good images
+
+
+def io_gif() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (32, 32), 128).save(buffer, format="GIF")
+    return buffer.getvalue()
