@@ -161,7 +161,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         report = drive(fill_demo(store, settings, per_class=args.per_class, seed=args.seed, size=args.size,
                                  only_if_empty=False))
         assert report is not None  # only_if_empty=False always imports
-        print(printable("demo: " + format_import(report), keep_newlines=True))
+        print(printable("demo: " + format_import(report, store), keep_newlines=True))
         print(describe_library(store))
     return 0
 
