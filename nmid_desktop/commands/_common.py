@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from nmid_desktop.core.config import Settings, load_settings
 from nmid_desktop.core.jobs import CancelToken, Job, Progress, run_job
+from nmid_desktop.core.text import printable
 
 if TYPE_CHECKING:
     from nmid_desktop.core.store import Store
+    from nmid_desktop.lmm.client import LmmClient
 
 T = TypeVar("T")
 
@@ -48,6 +51,31 @@ def library_path(args: argparse.Namespace, settings: Settings | None = None) -> 
     return Path(settings.shared_folder)
 
 
+def add_refresh_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--refresh`` to a paid command: ask the endpoint again instead of serving cached answers."""
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask the model again even where the answer cache holds one, and replace the cached answer "
+        "(costs money again; `nmid cache clear` empties the cache)",
+    )
+
+
+def refresh_client(args: argparse.Namespace, settings: Settings) -> LmmClient | None:
+    """With ``--refresh`` (and not ``--dry-run``): a client that never serves cached answers, else None.
+
+    None lets the job build its own client as usual. The caller closes the returned client.
+
+    Raises:
+        NoEndpointError: With ``--refresh`` when no endpoint is configured.
+    """
+    if not getattr(args, "refresh", False) or getattr(args, "dry_run", False):
+        return None
+    from nmid_desktop.lmm.client import LmmClient
+
+    return LmmClient.from_settings(settings.lmm, refresh=True)
+
+
 def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
     """Open the library named by the arguments."""
     from nmid_desktop.core.store import open_library
@@ -56,26 +84,56 @@ def open_store(args: argparse.Namespace, *, create: bool = True) -> Store:
 
 
 class ProgressLine:
-    """Prints a job's progress as one self-overwriting line on stderr when it is a terminal."""
+    """Prints a job's progress on stderr: one self-overwriting line on a terminal, plain lines otherwise.
 
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
+    When the stream is not a terminal (a log file, a pipe, CI), a plain line is printed for
+    the first report, then at most once every ``interval_s`` seconds, and the latest one at
+    :meth:`close`, so a long command is never silent for minutes.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, interval_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream: TextIO = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval_s = interval_s
+        self._clock = clock
         self._last_len = 0
+        self._last_print: float | None = None
+        self._pending: str | None = None  # the latest report not printed yet (plain lines)
+
+    @staticmethod
+    def _text(progress: Progress) -> str:
+        total = f"/{progress.total}" if progress.total else ""
+        return printable(f"{progress.done}{total} {progress.message}".rstrip())[:120]
 
     def __call__(self, progress: Progress) -> None:
+        text = self._text(progress)
         if not self.tty:
+            now = self._clock()
+            if self._last_print is None or now - self._last_print >= self.interval_s:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+                self._last_print = now
+                self._pending = None
+            else:
+                self._pending = text
             return
-        total = f"/{progress.total}" if progress.total else ""
-        text = f"{progress.done}{total} {progress.message}"[:120]
         self.stream.write("\r" + text + " " * max(0, self._last_len - len(text)))
         self.stream.flush()
         self._last_len = len(text)
 
     def close(self) -> None:
-        if self.tty and self._last_len:
+        """Clear the terminal line, or print the latest report not printed yet."""
+        if not self.tty:
+            if self._pending is not None:
+                self.stream.write(self._pending + "\n")
+                self.stream.flush()
+                self._pending = None
+            return
+        if self._last_len:
             self.stream.write("\r" + " " * self._last_len + "\r")
             self.stream.flush()
+            self._last_len = 0
 
 
 def drive(job: Job[T], token: CancelToken | None = None) -> T:

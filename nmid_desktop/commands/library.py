@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
-from nmid_desktop.commands._common import add_library_arg, drive, open_store
+from nmid_desktop.commands._common import EXIT_CODES, add_library_arg, batch_exit_code, drive, open_store
 from nmid_desktop.core.config import load_settings
 from nmid_desktop.core.errors import LibraryError, NmidError
-from nmid_desktop.core.importer import LAYOUTS, ImportReport, import_csv, import_files, import_folder
-from nmid_desktop.core.store import LABEL_SOURCES, REVIEW_STATES, ImageFilter, Store, open_library
+from nmid_desktop.core.importer import LAYOUTS, NOT_AN_IMAGE, ImportReport, import_csv, import_files, import_folder
+from nmid_desktop.core.store import LABEL_SOURCES, REVIEW_STATES, ImageFilter, ImageRecord, Store, open_library
 from nmid_desktop.core.text import printable
 
 _LIST_LIMIT = 20  # lines of duplicates / skipped files printed before "... and N more"
@@ -49,6 +50,33 @@ def folder_size(folder: Path) -> int:
     return total
 
 
+def _has_bar(image: ImageRecord) -> bool:
+    """True when the image's crop box leaves part of the frame out: a data bar was found and is cropped."""
+    box = image.crop_box
+    return box is not None and tuple(box) != (0, 0, image.width, image.height)
+
+
+def bar_counts(images: Iterable[ImageRecord]) -> tuple[int, int]:
+    """``(data bars found and cropped, images checked for one)`` over ``images``.
+
+    An image was checked when it has a crop box (the import's bar detection stores the
+    full frame when it finds none); a bar was found when the box is smaller than the frame.
+    """
+    found = checked = 0
+    for image in images:
+        if image.crop_box is not None:
+            checked += 1
+            found += _has_bar(image)
+    return found, checked
+
+
+def bar_text(found: int, checked: int, total: int) -> str:
+    """``data bars: N found and cropped (of M images checked; K not checked)``."""
+    unchecked = total - checked
+    rest = f"; {unchecked} not checked" if unchecked else ""
+    return f"data bars: {found} found and cropped (of {checked} images checked{rest})"
+
+
 def describe_library(store: Store) -> str:
     """A readable summary: images, classes with counts, label sources, review states, size on disk."""
     total = store.count_images()
@@ -75,6 +103,8 @@ def describe_library(store: Store) -> str:
     if split:
         counts = {s: sum(1 for v in split.values() if v == s) for s in ("train", "val", "test")}
         lines.append("split: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    if total:
+        lines.append(bar_text(*bar_counts(store.iter_images()), total))
     cost = store.total_cost()
     if cost:
         lines.append(f"API spending: ${cost:.2f}")
@@ -89,9 +119,20 @@ def describe_library(store: Store) -> str:
     return "\n".join(lines)
 
 
-def format_import(report: ImportReport) -> str:
-    """The import summary with the duplicates and skipped files listed."""
+def format_import(report: ImportReport, store: Store | None = None) -> str:
+    """The import summary with the duplicates and skipped files listed.
+
+    Args:
+        report: The import's report.
+        store: The library imported into: with it, a line says how many data bars the
+            imported images had (found and cropped).
+    """
     lines = [report.summary()]
+    if store is not None:
+        new_ids = [item.image_id for item in report.items if item.status == "imported" and item.image_id is not None]
+        if new_ids:
+            chunks = (store.images(ImageFilter(ids=new_ids[i:i + 500])) for i in range(0, len(new_ids), 500))
+            lines.append(bar_text(*bar_counts(image for chunk in chunks for image in chunk), len(new_ids)))
     for status, title in (("duplicate", "duplicates"), ("skipped", "skipped")):
         items = [item for item in report.items if item.status == status]
         if not items:
@@ -120,7 +161,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         report = drive(fill_demo(store, settings, per_class=args.per_class, seed=args.seed, size=args.size,
                                  only_if_empty=False))
         assert report is not None  # only_if_empty=False always imports
-        print(printable("demo: " + format_import(report), keep_newlines=True))
+        print(printable("demo: " + format_import(report, store), keep_newlines=True))
         print(describe_library(store))
     return 0
 
@@ -152,8 +193,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
             if args.layout != "auto":
                 raise NmidError("--layout applies to importing one folder without --label")
             report = drive(import_files(store, paths, args.label, **options))
-        print(printable(format_import(report), keep_newlines=True))  # file names may hold escapes
-    return 0
+        print(printable(format_import(report, store), keep_newlines=True))  # file names may hold escapes
+    # A file that is no image at all (a README in the folder) is reported but is not a failure.
+    failed = [item for item in report.items if item.status == "skipped" and not item.reason.startswith(NOT_AN_IMAGE)]
+    return batch_exit_code(failed, None)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
@@ -277,7 +320,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(printable(report.summary(), keep_newlines=True))
         if report.copied_instead:
             print(f"{report.copied_instead} links could not be made and were copied")
-    return 0
+        if report.mismatched:
+            print(f"{len(report.mismatched)} images changed since import were left out (listed above)")
+    return batch_exit_code(report.skipped, None)
 
 
 # ----------------------------------------------------------------------------- parsers
@@ -302,7 +347,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="import images: a folder (ImageFolder or flat), files, or a CSV manifest",
         description="Import images into the library. A folder whose sub-folders hold the images is read "
         "as ImageFolder (sub-folder = class); a folder of images is imported unlabelled. Every file is "
-        "reported: imported, duplicate (of which), or skipped (why).",
+        "reported: imported, duplicate (of which), or skipped (why), and how many data bars were found "
+        "and cropped.",
+        epilog=f"{EXIT_CODES[0].upper()}{EXIT_CODES[1:]}. Here: 1 when any image was skipped (it could not be "
+        "imported; the rest is kept); duplicates and files that are no image at all (a README) are not failures.",
     )
     add_library_arg(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="folder, image files, or CSV manifest(s) with --csv")
@@ -314,7 +362,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-bar", action="store_true", help="do not detect SEM data bars")
     p.set_defaults(func=_cmd_import)
 
-    p = subparsers.add_parser("stats", help="show what is in the library", description="Show the library's contents.")
+    p = subparsers.add_parser(
+        "stats", help="show what is in the library",
+        description="Show the library's contents: images, classes, labels, reviews, data bars found and cropped, "
+        "splits, spending, size on disk.",
+    )
     add_library_arg(p)
     p.set_defaults(func=_cmd_stats)
 
@@ -385,6 +437,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export the curated dataset (ImageFolder, CSV, JSONL, split)",
         description="Export accepted labelled images as train/val/test ImageFolder trees with CSV and JSONL "
         "manifests. The split is stored: images keep it in later exports, and a test set is never changed.",
+        epilog=f"{EXIT_CODES[0].upper()}{EXIT_CODES[1:]}. Here: 1 when any image was left out (its file is "
+        "missing, unreadable, or changed since import); the export of the rest is complete.",
     )
     add_library_arg(p)
     p.add_argument("out", metavar="OUT", help="a new (or empty) folder")
@@ -400,4 +454,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-__all__ = ["describe_library", "folder_size", "format_import", "register", "resolve_image"]
+__all__ = ["bar_counts", "bar_text", "describe_library", "folder_size", "format_import", "register", "resolve_image"]

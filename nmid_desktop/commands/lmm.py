@@ -1,7 +1,8 @@
 """Multimodal-model commands: ``nmid models``, ``describe``, ``synthesize``, ``questions``, ``api-key``.
 
 Every paid command has ``--dry-run``, which prints the cost estimate and sends
-nothing. Without an endpoint (no base URL and no key) the paid commands say so
+nothing, and ``--refresh``, which asks again instead of serving cached answers.
+Without an endpoint (no base URL and no key) the paid commands say so
 in one line; the rest of nmid keeps working offline.
 """
 
@@ -14,7 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nmid_desktop.commands._common import add_library_arg, batch_exit_code, library_path, open_store
+from nmid_desktop.commands._common import (
+    EXIT_CODES,
+    add_library_arg,
+    add_refresh_arg,
+    batch_exit_code,
+    library_path,
+    open_store,
+    refresh_client,
+)
 from nmid_desktop.core.config import Settings, load_settings
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.lmm.usage import record_paid_call
@@ -36,12 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="describe images group by group with the vision model",
         description="Structured description (visual question answering): the vision model answers a question set "
         "group by group; answers are stored per image with model and prompt version.",
+        epilog=_exit_epilog("1 when any image got no description"),
     )
     p.add_argument("images", nargs="+", metavar="IMG", help="library image ids or image files")
     p.add_argument("--questions", metavar="SET", default=None,
                    help="question set: name, name-vN or a JSON file (default: the library's, else sem-nanomaterials)")
     p.add_argument("--dry-run", action="store_true", help="print the cost estimate and send nothing")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines")
+    add_refresh_arg(p)
     add_library_arg(p)
     p.set_defaults(func=cmd_describe)
 
@@ -50,12 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="make synthetic images from an image's description",
         description="The image model draws N images from the image's latest description; they join the library "
         "as synthetic, linked to the source, with its label, pending review.",
+        epilog=_exit_epilog("1 when any generated image was refused (not an image, too large, not the size asked)"),
     )
     p.add_argument("image", type=int, metavar="IMG", help="library image id (described and labelled)")
     p.add_argument("--n", type=int, default=4, help="number of images (default 4)")
     p.add_argument("--size", default="1024x1024", help="image size WIDTHxHEIGHT (default 1024x1024)")
     p.add_argument("--quality", default=None, help="quality for GPT Image models: low, medium or high")
     p.add_argument("--dry-run", action="store_true", help="print the cost estimate and send nothing")
+    add_refresh_arg(p)
     add_library_arg(p)
     p.set_defaults(func=cmd_synthesize)
 
@@ -73,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--show", metavar="SET", default=None, help="print one question set")
     p.add_argument("--use", metavar="SET", default=None, help="make SET the library's question set")
     p.add_argument("--dry-run", action="store_true", help="print the cost estimate and send nothing")
+    add_refresh_arg(p)
     add_library_arg(p)
     p.set_defaults(func=cmd_questions)
 
@@ -84,6 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("action", choices=("set", "delete", "status"))
     p.set_defaults(func=cmd_api_key)
+
+
+def _exit_epilog(detail: str) -> str:
+    """The exit-code rule with what counts as a failed item for one command."""
+    return f"{EXIT_CODES[0].upper()}{EXIT_CODES[1:]}. Here: {detail}."
 
 
 def _print_estimate(estimate: Any, dry_run: bool) -> None:
@@ -162,12 +181,16 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from nmid_desktop.lmm.describe import describe_images
 
     settings = load_settings()
+    client = refresh_client(args, settings)
     store = open_store(args)
     try:
-        job = describe_images(store, _items(args.images), settings, question_set=args.questions, dry_run=args.dry_run)
+        job = describe_images(store, _items(args.images), settings, question_set=args.questions, dry_run=args.dry_run,
+                              client=client)
         batch = _run(job, args.dry_run)
     finally:
         store.close()
+        if client is not None:
+            client.close()
     if batch.dry_run:
         return 0
     for d in batch.descriptions:
@@ -199,13 +222,18 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     store = open_store(args, create=False)
+    client = None
     try:
+        client = refresh_client(args, settings)
         job = synthesize_images(
-            store, args.image, args.n, settings, size=args.size, quality=args.quality, dry_run=args.dry_run
+            store, args.image, args.n, settings, size=args.size, quality=args.quality, dry_run=args.dry_run,
+            client=client,
         )
         result = _run(job, args.dry_run)
     finally:
         store.close()
+        if client is not None:
+            client.close()
     if result.dry_run:
         print(f"prompt ({len(result.prompt)} characters):\n{result.prompt}")
         return 0
@@ -273,7 +301,7 @@ def _generate_questions(args: argparse.Namespace, settings: Settings, root: Path
         if args.dry_run:
             return 0
         check_budget(estimate, store.total_cost(), settings.lmm.budget_usd)
-        with LmmClient.from_settings(settings.lmm) as client:
+        with LmmClient.from_settings(settings.lmm, refresh=args.refresh) as client:
             qs, result = generate_question_set(
                 client, args.domain, classes, settings.lmm, name=args.name, n_groups=args.groups
             )

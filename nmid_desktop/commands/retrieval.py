@@ -1,8 +1,13 @@
-"""Retrieval commands: ``nmid index``, ``similar``, ``classify``, ``evaluate``."""
+"""Retrieval commands: ``nmid index``, ``similar``, ``classify``, ``evaluate``.
+
+``nmid classify`` takes image files and folders (searched recursively; only regular files
+are read, anything else is reported and skipped).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from nmid_desktop.commands._common import add_library_arg, batch_exit_code, drive, open_store
+from nmid_desktop.commands._common import (
+    EXIT_CODES,
+    ProgressLine,
+    add_library_arg,
+    add_refresh_arg,
+    batch_exit_code,
+    drive,
+    open_store,
+    refresh_client,
+)
 from nmid_desktop.core.config import load_settings
 from nmid_desktop.core.errors import LabelError, NmidError
 
@@ -49,18 +63,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "classify",
-        help="classify image files with the local predictor and/or the multimodal model",
+        help="classify image files or folders with the local predictor and/or the multimodal model",
         description="Print each image's ranking (top 5 with probabilities). The local predictor works offline; "
-        "'lmm' and 'both' ask the configured OpenAI-compatible endpoint with K retrieved demonstrations.",
+        "'lmm' and 'both' ask the configured OpenAI-compatible endpoint with K retrieved demonstrations. "
+        "A folder is searched recursively for images; links, FIFOs and devices are reported and skipped.",
+        epilog=f"{EXIT_CODES[0].upper()}{EXIT_CODES[1:]}. Here: 1 when any image could not be read or "
+        "classified, or was skipped in a folder.",
     )
     add_library_arg(p)
-    p.add_argument("images", nargs="+", type=Path, metavar="IMG", help="image files")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMG|FOLDER", help="image files and/or folders of images")
     p.add_argument("--predictor", choices=_PREDICTOR_CHOICES, default=None, help="default: settings' predictor")
     p.add_argument("--local", choices=("knn", "logreg"), default=None, help="local predictor (default: settings')")
     p.add_argument("-k", type=int, default=None, help="demonstrations (default: settings' k)")
     p.add_argument("--save", action="store_true",
                    help="store the predictions (files not yet in the library are imported, unlabelled)")
     p.add_argument("--dry-run", action="store_true", help="lmm: print the cost estimate and send nothing")
+    add_refresh_arg(p)
     p.add_argument("--encoder", metavar="NAME", default=None, help="encoder (default: the library's)")
     p.set_defaults(func=_cmd_classify)
 
@@ -96,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save-split", action="store_true", help="store the hard split in the library")
     p.add_argument("--json", type=Path, metavar="PATH", default=None, help="write every metric as JSON")
     p.add_argument("--figure", type=Path, metavar="PATH", default=None, help="write a PNG figure")
+    add_refresh_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -115,6 +134,77 @@ def _check_files(paths: list[Path]) -> None:
         if problem is not None:
             detail = problem if problem.startswith("is ") else f"is not a file ({problem})"
             raise NmidError(f"{printable(str(path))} {detail}")
+
+
+def _folder_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The images under ``folder`` (recursive, sorted) and the entries that cannot be read, with why.
+
+    Linked folders are followed once (a link loop is reported, not followed again); hidden
+    entries are left out; a file is an image by its suffix and is kept only when it is a
+    regular file (:func:`~nmid_desktop.core.fileio.regular_file_problem`).
+    """
+    from nmid_desktop.core.fileio import regular_file_problem
+    from nmid_desktop.core.images import SUPPORTED_SUFFIXES
+
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    seen: set[str] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        real = os.path.realpath(current)
+        if real in seen:
+            problems.append((current, "is a link to a folder already searched (a loop?), not searched again"))
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            problems.append((current, f"cannot read folder ({exc.strerror or exc})"))
+            continue
+        subfolders: list[Path] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subfolders.append(path)
+            elif path.suffix.lower() in SUPPORTED_SUFFIXES:
+                problem = regular_file_problem(path)
+                if problem is None:
+                    files.append(path)
+                else:
+                    problems.append((path, problem))
+        stack.extend(reversed(subfolders))
+    return files, problems
+
+
+def _expand_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files given, and folders' images; the folders' unreadable entries with why.
+
+    Raises:
+        NmidError: A file given by name is not a regular file, or a folder holds no image.
+    """
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            found, bad = _folder_images(path)
+            if not found and not bad:
+                from nmid_desktop.core.text import printable
+
+                raise NmidError(f"{printable(str(path))}: no images (.png, .jpg, .tif, .bmp) in this folder")
+            files += found
+            problems += bad
+        else:
+            _check_files([path])
+            files.append(path)
+    return files, problems
 
 
 # -- nmid index ------------------------------------------------------------------------
@@ -208,42 +298,70 @@ def _import_for_saving(store: Any, paths: list[Path]) -> dict[Path, int]:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    from nmid_desktop.core.jobs import Progress
+    from nmid_desktop.core.text import printable
+
     settings = load_settings()
     predictor = args.predictor or settings.predictor
-    _check_files(args.images)
+    images, failures = _expand_images(list(args.images))
+    for path, reason in failures:
+        print(f"nmid: {printable(str(path))}: skipped: {reason}", file=sys.stderr)
     with open_store(args, create=False) as store:
         clf = _classifier(store, args)
         if args.verbose:
             enc = clf.encoder
             print(f"encoder {enc.key}: engine {enc.engine}, device {enc.device} ({enc.runtime})", file=sys.stderr)
-        ids: dict[Path, int] = _import_for_saving(store, list(args.images)) if args.save else {}
+        ids: dict[Path, int] = _import_for_saving(store, images) if args.save else {}
         if predictor in ("local", "both"):
             local = args.local or settings.local_predictor
-            for path in args.images:
-                vector = clf.embed_file(path)
-                own = clf.library_image(path)
-                exclude = [own.id] if own is not None and own.label is not None else []
-                assessment = clf.assess(vector, local, args.k, exclude_ids=exclude)
-                ranking = assessment.ranking  # calibrated on the library (predict/calibration.py)
-                note = " (itself left out)" if exclude and local == "knn" else ""
-                print(f"{path}: {ranking.top1} ({local}{note}): {_ranking_text(list(ranking.items))}")
-                print(f"  {assessment.novelty.text} (novelty {assessment.novelty.score:.2f})")
-                if args.save:
-                    store.add_prediction(ranking.to_prediction(ids[path], model=clf.encoder.key))
+            line = ProgressLine()
+            try:
+                for done, path in enumerate(images):
+                    line(Progress(done, len(images), printable(path.name)))
+                    try:
+                        vector = clf.embed_file(path)
+                        own = clf.library_image(path)
+                        exclude = [own.id] if own is not None and own.label is not None else []
+                        assessment = clf.assess(vector, local, args.k, exclude_ids=exclude)
+                    except NmidError as exc:
+                        failures.append((path, str(exc)))
+                        if line.tty:
+                            line.close()
+                        print(f"nmid: {printable(str(path))}: failed: {printable(str(exc))}", file=sys.stderr)
+                        continue
+                    ranking = assessment.ranking  # calibrated on the library (predict/calibration.py)
+                    note = " (itself left out)" if exclude and local == "knn" else ""
+                    if line.tty:
+                        line.close()  # the result line replaces the progress line
+                    print(f"{printable(str(path))}: {ranking.top1} ({local}{note}): {_ranking_text(list(ranking.items))}")
+                    print(f"  {assessment.novelty.text} (novelty {assessment.novelty.score:.2f})")
+                    if args.save:
+                        store.add_prediction(ranking.to_prediction(ids[path], model=clf.encoder.key))
+                line(Progress(len(images), len(images), "classified"))
+            finally:
+                line.close()
         if predictor in ("lmm", "both"):
-            return _classify_lmm(store, clf, args, settings, ids)
-    return 0
+            failed = [path for path, _ in failures]
+            code = _classify_lmm(store, clf, args, settings, ids, [p for p in images if p not in failed])
+            return max(code, batch_exit_code(failures, None))
+    return batch_exit_code(failures, None)
 
 
-def _classify_lmm(store: Any, clf: Any, args: argparse.Namespace, settings: Any, ids: dict[Path, int]) -> int:
+def _classify_lmm(store: Any, clf: Any, args: argparse.Namespace, settings: Any, ids: dict[Path, int],
+                  images: list[Path]) -> int:
     try:
         from nmid_desktop.lmm.predict import predict_images
     except ImportError as exc:
         raise NmidError(f"the lmm predictor needs an endpoint: its module is unavailable ({exc})") from None
     if args.k:
         settings.k = args.k
-    items: list[Any] = [ids.get(path, path) for path in args.images]
-    batch = drive(predict_images(store, clf, items, settings, dry_run=args.dry_run))
+    items: list[Any] = [ids.get(path, path) for path in images]
+    client = refresh_client(args, settings)
+    try:
+        batch = drive(predict_images(store, clf, items, settings, dry_run=args.dry_run, client=client))
+    finally:
+        if client is not None:
+            client.close()
     if batch.dry_run:
         print(f"estimate: {batch.estimate.summary()} (nothing sent)")
         return 0
@@ -260,6 +378,27 @@ def _classify_lmm(store: Any, clf: Any, args: argparse.Namespace, settings: Any,
 
 
 # -- nmid evaluate ---------------------------------------------------------------------
+def _evaluate_refreshing(store: Any, options: Any, args: argparse.Namespace) -> Any:
+    """Run an evaluation with the lmm predictor; with ``--refresh`` its client never serves cached answers."""
+    import dataclasses
+
+    from nmid_desktop.evaluation.runner import evaluate, register_predictor
+    from nmid_desktop.lmm.evaluation import LMM_PREDICTOR, predict_lmm
+
+    client = refresh_client(args, load_settings())
+    if client is None:
+        return drive(evaluate(store, options))
+    # The runner's registry is global: the refreshing predictor stands in for this run only.
+    register_predictor(dataclasses.replace(
+        LMM_PREDICTOR, predict=lambda train, queries: predict_lmm(train, queries, client=client)
+    ))
+    try:
+        return drive(evaluate(store, options))
+    finally:
+        register_predictor(LMM_PREDICTOR)
+        client.close()
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nmid_desktop.evaluation import report
     from nmid_desktop.evaluation.runner import EvalOptions, evaluate
@@ -286,7 +425,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
         if len(store.labelled(include_pending=False)) < 2:
             raise LabelError("the library needs accepted labels to evaluate on")
-        result = drive(evaluate(store, options))
+        result = _evaluate_refreshing(store, options, args) if "lmm" in options.predictors else drive(evaluate(store, options))
     print(report.format_table(result))
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     print(f"time: {timings}")

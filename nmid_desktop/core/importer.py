@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "imagefolder", "flat")
 IMPORTED, DUPLICATE, SKIPPED, RELABELLED = "imported", "duplicate", "skipped", "relabelled"
+# The reason given for a file that is not an image at all (a README beside the images): reported,
+# but not a failed import.
+NOT_AN_IMAGE = "not a supported image type"
 
 _HASH_CHUNK = 1 << 20
 # Decoding memory all worker threads of one import may hold at once (see MemoryBudget):
@@ -242,7 +245,7 @@ def _scan(folder: Path, walk: _Walk) -> tuple[list[os.DirEntry], list[os.DirEntr
 def _file_entry(path: str, label: str | None, label_error: str = "") -> _Entry:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        return _Entry(path, label, f"not a supported image type ({suffix or 'no suffix'})")
+        return _Entry(path, label, f"{NOT_AN_IMAGE} ({suffix or 'no suffix'})")
     problem = regular_file_problem(path)
     if problem is not None:
         return _Entry(path, label, problem)
