@@ -894,6 +894,10 @@ class SqliteStore(Store):
             except sqlite3.IntegrityError as exc:
                 raise LibraryError(f"cannot store embeddings: unknown image id ({exc})") from exc
 
+    def embedded_ids(self, encoder_key: str) -> np.ndarray:
+        rows = self._q("SELECT image_id FROM embeddings WHERE encoder_key = ? ORDER BY image_id", (encoder_key,))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
     def get_embeddings(self, encoder_key: str, image_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         if image_ids is None:
             rows = self._q(
