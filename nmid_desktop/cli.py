@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "nmid_desktop.commands.library",
     "nmid_desktop.commands.train",
     "nmid_desktop.commands.retrieval",
+    "nmid_desktop.commands.embed",
     "nmid_desktop.commands.lmm",
     "nmid_desktop.commands.review",
     "nmid_desktop.commands.gui",
