@@ -103,6 +103,9 @@ def _connect(address: str | None, num_cpus: int | None) -> bool:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
+            # Ray starts its workers at niceness 15 by default; a local Ray on a desktop would then
+            # lose every core to any other program, so it runs at the single-process path's priority.
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
