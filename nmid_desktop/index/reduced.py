@@ -47,13 +47,16 @@ if TYPE_CHECKING:
     from annoy import AnnoyIndex as _Annoy
 
 KIND = "annoy-pca"
-# Chosen with benchmarks/million_index.py (see the README's "Large libraries" section).
+# Chosen with benchmarks/million_index.py (README, "Large libraries"). At 200k simulated items
+# (noisy copies of real embeddings), recall@10 against exact 1280-d search: Annoy 1280-d 0.82;
+# PCA-128 + re-rank of 100 / 500 / 1000 candidates 0.52 / 0.87 / 0.98; PCA-256 0.62 / 0.93 / 0.99.
+# Recall comes first (the demonstrations are the method); the price is ~20 ms CPU per query.
 # The service builds this kind from REDUCED_FROM labelled images on; below it plain Annoy meets
-# the targets with a smaller build.
+# the targets (0.99 recall, 1 ms at 20k) with a smaller build.
 REDUCED_FROM = 100_000
-DEFAULT_REDUCED_DIM = 128
+DEFAULT_REDUCED_DIM = 256
 DEFAULT_REDUCED_TREES = 50
-DEFAULT_RERANK = 100
+DEFAULT_RERANK = 1000
 DEFAULT_NODES_PER_CANDIDATE = 50
 PCA_SAMPLE = 100_000  # rows the PCA is fitted on: the covariance converges long before 1M
 _ADD_CHUNK = 4096
