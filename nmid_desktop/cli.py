@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "nmid_desktop.commands.train",
     "nmid_desktop.commands.retrieval",
     "nmid_desktop.commands.graph",
+    "nmid_desktop.commands.embed",
     "nmid_desktop.commands.lmm",
     "nmid_desktop.commands.review",
     "nmid_desktop.commands.cache",

@@ -153,7 +153,7 @@ class Searcher:
             except BaseException:
                 if path is not None:
                     try:
-                        self._index = AnnoyIndex.open(path)
+                        self._index = type(old).open(path)  # type: ignore[union-attr]
                     except Exception:  # noqa: BLE001 - the original error matters more
                         self._index = None
                 self._count_dead()

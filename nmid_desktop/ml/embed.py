@@ -299,6 +299,35 @@ def embed_images(
     return Embedded(all_ids[order], all_vecs[order].astype(np.float32, copy=False), failed)
 
 
+def embed_local_batches(
+    encoder: Encoder,
+    rows: Sequence[_Row],
+    batch_size: int = 64,
+    *,
+    num_workers: int | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
+    """Embed ``(image id, path, page, crop box)`` rows in this process, batch by batch, storing nothing.
+
+    The single-process engine of ``nmid embed`` (the caller writes each batch to the store) and
+    the reference the Ray engine is compared against.
+
+    Yields:
+        ``(ids, vectors (B, D) float32, failed [(image id, reason)])`` per batch.
+    """
+    loader = _loader(_LibraryImages(list(rows), encoder.input_size, max_pixels), encoder, batch_size, num_workers)
+    try:
+        for batch_ids, images, batch_failed in loader:
+            vectors = encoder.embed_prepared(images) if images is not None else np.zeros((0, encoder.dim), np.float32)
+            for image_id, reason in batch_failed:
+                log.warning("image %s not embedded: %s", image_id, reason)
+            yield list(batch_ids), vectors, list(batch_failed)
+    finally:
+        close = getattr(loader, "close", None)
+        if close is not None:
+            close()
+
+
 def embed_paths(
     encoder: Encoder,
     paths: Sequence[Path],

@@ -33,6 +33,7 @@ from nmid_desktop.core.errors import ConfigError, ImageError, LabelError, Librar
 from nmid_desktop.core.jobs import Job, Progress, run_job
 from nmid_desktop.core.store.base import ImageRecord, Store
 from nmid_desktop.index.annoy_index import AnnoyIndex, StaleIndexError, build_index, index_path
+from nmid_desktop.index.reduced import REDUCED_FROM, build_reduced_index, open_index
 from nmid_desktop.index.searcher import Searcher
 from nmid_desktop.inference.protocol import ImageEncoder
 from nmid_desktop.predict.knn import KnnPredictor
@@ -197,7 +198,7 @@ class Classifier:
             index: AnnoyIndex | None = None
             try:
                 if not rebuild:
-                    index = AnnoyIndex.open(self.index_file, encoder_key=encoder.key, dim=encoder.dim)
+                    index = open_index(self.index_file, encoder_key=encoder.key, dim=encoder.dim)
             except StaleIndexError as exc:
                 if len(pool):
                     log.info("index will be rebuilt: %s", exc)
@@ -234,11 +235,12 @@ class Classifier:
         path = self.index_file
 
         def install(move: Any) -> None:
-            searcher.replace_index(move, lambda: AnnoyIndex.open(path, encoder_key=encoder.key, dim=encoder.dim))
+            searcher.replace_index(move, lambda: open_index(path, encoder_key=encoder.key, dim=encoder.dim))
 
-        yield from build_index(
-            path, ids, vectors, encoder_key=encoder.key, labels_version=pool.version or 0, install=install
-        )
+        # Past REDUCED_FROM items Annoy at full width misses the recall and memory targets
+        # (benchmarks/million_index.py): the PCA-reduced forest with an exact re-rank takes over.
+        build = build_reduced_index if len(ids) >= REDUCED_FROM else build_index
+        yield from build(path, ids, vectors, encoder_key=encoder.key, labels_version=pool.version or 0, install=install)
 
     def rebuild_index(self) -> Job[None]:
         """Rebuild the index from the current labels (run it in the background).

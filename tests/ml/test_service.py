@@ -315,3 +315,29 @@ def test_commands_review_errors_and_next(store, capsys: pytest.CaptureFixture[st
     assert sorted(c["id"] for c in queue) == sorted(_unlabelled(store))
     assert _nmid(["review", "next", "--library", lib, "--limit", "2"]) == 0
     assert len([line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]) == 2
+
+
+def test_large_library_gets_the_reduced_index_and_reopens_it(store, encoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nmid_desktop.predict.service as service
+    from nmid_desktop.index.reduced import ReducedAnnoyIndex, ReducedMeta
+
+    monkeypatch.setattr(service, "REDUCED_FROM", 10)  # the threshold, lowered to this small library
+    big = Classifier(store, encoder=encoder)
+    run_job(big.prepare(rebuild=True))
+    assert isinstance(big.searcher.index, ReducedAnnoyIndex) and len(big.searcher.index) == 5 * PER_CLASS
+    some = big.searcher.index.ids[:3].tolist()
+    for image_id in some:
+        assert big.similar(big.embed_image(image_id), 1)[0].image_id == image_id
+    built = ReducedMeta.read(sidecar_path(big.index_file)).built_at
+    new = _unlabelled(store)
+    for image_id in new:
+        store.set_label(image_id, "porous", source="expert")
+    big.notify_labelled(new)
+    run_job(big.rebuild_index())  # background rebuild, swapped in under the searcher's lock
+    assert isinstance(big.searcher.index, ReducedAnnoyIndex) and set(new) <= set(big.searcher.index.ids.tolist())
+    big.searcher.close()
+    again = Classifier(store, encoder=encoder)
+    run_job(again.prepare())
+    assert isinstance(again.searcher.index, ReducedAnnoyIndex) and len(again.searcher.index) == 5 * PER_CLASS + len(new)
+    assert ReducedMeta.read(sidecar_path(again.index_file)).built_at >= built
+    again.searcher.close()

@@ -360,6 +360,14 @@ class Store(abc.ABC):
     def get_embeddings(self, encoder_key: str, image_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Cached embeddings as ``(ids (N,) int64, vectors (N, D) float32)``; missing ids are left out."""
 
+    def embedded_ids(self, encoder_key: str) -> np.ndarray:
+        """Ids of the images with a cached embedding for ``encoder_key``, shape (N,) int64, ascending.
+
+        What a resumable embedding job skips. Backends override this to read ids only, not vectors.
+        """
+        ids, _ = self.get_embeddings(encoder_key)
+        return np.sort(np.asarray(ids, dtype=np.int64))
+
     @abc.abstractmethod
     def drop_embeddings(self, encoder_key: str | None = None) -> None:
         """Forget cached embeddings of one encoder (or all)."""

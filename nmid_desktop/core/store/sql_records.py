@@ -51,6 +51,10 @@ class RecordsMixin(SqlBase):
             except self._integrity_error as exc:
                 raise LibraryError(f"cannot store embeddings: unknown image id ({exc})") from exc
 
+    def embedded_ids(self, encoder_key: str) -> np.ndarray:
+        rows = self._q("SELECT image_id FROM embeddings WHERE encoder_key = ? ORDER BY image_id", (encoder_key,))
+        return np.fromiter((int(r[0]) for r in rows), dtype=np.int64)
+
     def get_embeddings(self, encoder_key: str, image_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         if image_ids is None:
             rows = self._q(
