@@ -98,10 +98,13 @@ def run_app(library: Path | None, demo: bool, paths: Sequence[Path] = ()) -> int
     problem = window_problem()
     if problem:
         raise DisplayError(problem)
+    from nmid_desktop.qt.workers import exit_process
+
     window = open_window(library, demo, paths)
     app = QApplication.instance()
     code = int(app.exec()) if app is not None else 1
     del window
+    exit_process(code)  # returns unless a worker is stuck in a call nobody waits for any more
     return code
 
 

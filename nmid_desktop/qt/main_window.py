@@ -49,7 +49,9 @@ from nmid_desktop.workspace.engine import (
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_WAIT_S = 60.0
+# Closing waits this long for workers to reach a cancel point, then abandons the stuck
+# ones (a request to a server that does not answer): the window must close within 2 s.
+SHUTDOWN_WAIT_S = 1.5
 
 
 def local_files(mime: QMimeData) -> list[Path]:
@@ -97,6 +99,7 @@ class MainWindow(QMainWindow):
         self.ctx = AppContext(Path(library), settings, self.jobs, ThumbnailCache())
         self._engine_ref = EngineRef()  # filled in the engine thread; off-lane jobs wait for it
         self._closing = False
+        self.shutdown_wait_s = SHUTDOWN_WAIT_S
         self.queue: list[int] = []
         self.position = -1
         self.current: QueryResult | None = None
@@ -226,6 +229,7 @@ class MainWindow(QMainWindow):
         page.card.accept_requested.connect(self.accept)
         page.card.label_chosen.connect(self.set_label)
         page.card.model_requested.connect(self.ask_model)
+        page.card.model_cancel_requested.connect(self._on_card_model_cancel_requested)
         page.demos.label_clicked.connect(self.set_label)
         page.demos.image_activated.connect(self.show_image)
         page.contrast.levels_changed.connect(self._on_contrast_levels_changed)
@@ -655,7 +659,19 @@ class MainWindow(QMainWindow):
         handle = self.jobs.start("lmm", lambda token: model_predict_job(library, settings, image_id, demos, token))
         handle.finished.connect(lambda answer: self._on_model_answer(image_id, answer))
         handle.failed.connect(lambda msg: self._on_model_failed(image_id, msg))
+        handle.cancelled.connect(lambda: self._on_model_cancelled(image_id, handle))
         return handle
+
+    def _on_card_model_cancel_requested(self) -> None:
+        # Ends the job's handle now: a request stuck on a silent server may take its whole
+        # timeout to notice the token, and its late answer must not reach the card.
+        if not self.jobs.cancel_now("lmm"):
+            self.page.card.set_model_cancelled()
+
+    def _on_model_cancelled(self, image_id: int, handle: JobHandle) -> None:
+        if image_id == self.current_id and not handle.superseded:
+            self.page.card.set_model_cancelled()
+            self.status.show_message("Model request cancelled.", 5000)
 
     def _on_model_answer(self, image_id: int, answer) -> None:  # noqa: ANN001
         if image_id == self.current_id:
@@ -730,7 +746,11 @@ class MainWindow(QMainWindow):
             self.page.splitter.restoreState(splitter)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
-        """Cancel every job and wait for every worker before the window goes."""
+        """Cancel every job and wait briefly for the workers before the window goes.
+
+        A worker still stuck after ``shutdown_wait_s`` is abandoned (see
+        :func:`nmid_desktop.qt.workers.exit_process`); the window never waits for it.
+        """
         self._closing = True
         qs = QSettings()
         qs.setValue("window/geometry", self.saveGeometry())
@@ -741,6 +761,6 @@ class MainWindow(QMainWindow):
                 stop()
         self.browser.shutdown()
         self.status.show_message("Stopping background work…")
-        self.jobs.shutdown(timeout_s=SHUTDOWN_WAIT_S)
+        self.jobs.shutdown(timeout_s=self.shutdown_wait_s)
         mark_gui_thread(active=False)
         super().closeEvent(event)

@@ -77,6 +77,7 @@ class PredictionCard(QFrame):
     accept_requested = Signal()  # take the suggested label
     label_chosen = Signal(str)  # correct to this label
     model_requested = Signal()  # ask the model now
+    model_cancel_requested = Signal()  # stop waiting for the model's answer
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -110,6 +111,13 @@ class PredictionCard(QFrame):
         self.ask_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.ask_button.clicked.connect(self.model_requested)
         model_head.addWidget(self.ask_button)
+        self.cancel_model_button = QPushButton("Cancel", self)
+        self.cancel_model_button.setObjectName("cancelModel")
+        self.cancel_model_button.setToolTip("Stop waiting for the model (its late answer is dropped)")
+        self.cancel_model_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.cancel_model_button.clicked.connect(self.model_cancel_requested)
+        self.cancel_model_button.hide()
+        model_head.addWidget(self.cancel_model_button)
         layout.addLayout(model_head)
         self.model_summary = QLabel("", self)
         self.model_summary.setObjectName("headline")
@@ -224,24 +232,46 @@ class PredictionCard(QFrame):
         self.model_title.setText(f"MODEL · {model}" if model else "MODEL")
         if not visible:
             self._model: ModelAnswer | None = None
+            self.cancel_model_button.hide()
+
+    @property
+    def model_waiting(self) -> bool:
+        """Whether the card waits for the model's answer."""
+        return getattr(self, "_waiting", False)
+
+    def _set_waiting(self, waiting: bool) -> None:
+        self._waiting = waiting
+        self.cancel_model_button.setVisible(waiting and not self.ask_button.isHidden())
+        self.ask_button.setEnabled(not waiting)
 
     def set_model_waiting(self, text: str = "Asking the model…") -> None:
-        """The model call is under way."""
+        """The model call is under way (Cancel is offered)."""
         self._model = None
+        self._set_waiting(True)
         self.model_summary.setText(text)
         self.rationale.setText("")
+        self._update_agreement()
+
+    def set_model_cancelled(self) -> None:
+        """The user stopped waiting: the local prediction stands."""
+        self._model = None
+        self._set_waiting(False)
+        self.model_summary.setText("<span style='color:#fdd663'>Cancelled</span>")
+        self.rationale.setText("The model was not asked to the end; a late answer is dropped. Ask model (Ctrl+M) to try again.")
         self._update_agreement()
 
     def set_model_error(self, message: str) -> None:
         """The model call failed; the local prediction stands."""
         self._model = None
+        self._set_waiting(False)
         self.model_summary.setText("<span style='color:#f28b82'>Model unavailable</span>")
         self.rationale.setText(message)
         self._update_agreement()
 
-    def set_model(self, answer: ModelAnswer | None) -> None:
-        """Show the model's answer (None clears it)."""
+    def set_model(self, answer: ModelAnswer | None, stored: bool = False) -> None:
+        """Show the model's answer (None clears it); ``stored``: an answer saved earlier, shown again."""
         self._model = answer
+        self._set_waiting(False)
         if answer is None:
             self.model_summary.setText("<span style='color:#9aa0a6; font-size:9pt'>Not asked. Ask model (Ctrl+M) "
                                        "for a second opinion from the same demonstrations.</span>")
@@ -252,6 +282,8 @@ class PredictionCard(QFrame):
         else:
             conf = f" &nbsp;{answer.confidence:.0%}" if answer.confidence is not None else ""
             cost = " · cached" if answer.cached else (f" · ${answer.cost_usd:.4f}" if answer.cost_usd else "")
+            if stored:
+                cost = " · stored answer (not asked again)"
             self.model_summary.setText(f"<b>{answer.label}</b>{conf} <span style='color:#9aa0a6'>{cost}</span>")
             self.rationale.setText(answer.rationale)
         self._update_agreement()
