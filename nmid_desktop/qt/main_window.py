@@ -165,6 +165,8 @@ class MainWindow(QMainWindow):
                                      "Rebuild the nearest-neighbour index from the current labels")
         self.export_action = action("Export…", self._on_export_triggered, QKeySequence("Ctrl+E"),
                                     "Export the curated dataset (Ctrl+E)")
+        self.classes_action = action("Classes…", self._on_classes_triggered, None,
+                                     "Rename, merge or delete classes")
         self.settings_action = action("Settings…", self._on_settings_triggered, QKeySequence.StandardKey.Preferences,
                                       "Library, encoder, retrieval, endpoint and models")
         for act in (self.open_action, self.open_folder_action, self.paste_action):
@@ -176,7 +178,7 @@ class MainWindow(QMainWindow):
         for act in (self.prev_action, self.next_action, self.ask_action):
             bar.addAction(act)
         bar.addSeparator()
-        for act in (self.rebuild_action, self.export_action, self.settings_action):
+        for act in (self.rebuild_action, self.classes_action, self.export_action, self.settings_action):
             bar.addAction(act)
 
         # Enter and 1-9 are shortcuts, not actions: a focused text box keeps digits (it claims
@@ -511,9 +513,9 @@ class MainWindow(QMainWindow):
     def _on_enter(self) -> None:
         if self.tabs.currentWidget() is not self.page:
             return
-        box = self.page.card.class_box
-        if box.hasFocus() and box.text().strip():
-            self.page.card._on_class_box_return_pressed()
+        card = self.page.card
+        if card.class_box.hasFocus():
+            card.submit_class_box(create=False)  # an empty box accepts, and gives the keys back
             return
         self.accept()
 
@@ -696,6 +698,14 @@ class MainWindow(QMainWindow):
 
         dialog = ExportDialog(self.ctx, self)
         dialog.open()  # window-modal without a nested event loop
+        return dialog
+
+    def _on_classes_triggered(self) -> QWidget:
+        from nmid_desktop.qt.widgets.classes_dialog import ClassesDialog
+
+        dialog = ClassesDialog(self.ctx, self)
+        dialog.changed.connect(lambda text: self.status.show_message(text, 6000))
+        dialog.open()
         return dialog
 
     def _on_settings_triggered(self) -> QWidget:

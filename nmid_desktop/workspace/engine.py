@@ -365,6 +365,36 @@ class Engine:
         self._notify([event.image_id])
         return LabelChange(event.image_id, self.store.get_image(event.image_id), event, "redo")
 
+    def change_class(self, action: str, name: str, other: str = "", actor: str = "") -> str:
+        """Rename, merge or delete a class, as ``nmid classes`` does; the classifier follows.
+
+        Args:
+            action: ``"rename"`` (to ``other``), ``"merge"`` (into ``other``) or ``"delete"`` (empty only).
+            name: The class to change.
+            other: The new name, or the class to merge into.
+            actor: Who made the change.
+
+        Returns:
+            A line saying what was done.
+
+        Raises:
+            LabelError: Unknown class, a name taken, or a class still in use for delete.
+        """
+        store = self.store
+        if action == "rename":
+            record = store.rename_class(name, other)
+            done, label = f"Renamed class {name!r} to {record.name!r}", record.name
+        elif action == "merge":
+            n = store.merge_classes(name, other, actor=actor)
+            done, label = f"Merged class {name!r} into {other!r} ({n} image(s) relabelled)", other
+        elif action == "delete":
+            store.delete_class(name)
+            return f"Deleted the empty class {name!r}"
+        else:
+            raise ValueError(f"unknown class action {action!r}")
+        self._notify([r.id for r in store.iter_images(ImageFilter(label=label))])
+        return done
+
     def _notify(self, ids: list[int]) -> None:
         classifier = self.classifier
         if classifier.ready:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QRectF, QSize, QStringListModel, Qt, Signal
-from PySide6.QtGui import QColor, QPainter
+from PySide6.QtCore import QEvent, QObject, QRectF, QSize, QStringListModel, Qt, Signal
+from PySide6.QtGui import QColor, QKeyEvent, QKeySequence, QPainter
 from PySide6.QtWidgets import (
     QCompleter,
     QFrame,
@@ -140,7 +140,7 @@ class PredictionCard(QFrame):
         entry = QHBoxLayout()
         self.class_box = QLineEdit(self)
         self.class_box.setObjectName("classBox")
-        self.class_box.setPlaceholderText("Type a class (new names are created)…")
+        self.class_box.setPlaceholderText("Type a class… (Ctrl+Enter creates a new one, Esc leaves)")
         self.class_box.setClearButtonEnabled(True)
         self.class_box.setAcceptDrops(False)  # drops are for images, anywhere on the window
         self._completer_model = QStringListModel(self)
@@ -149,6 +149,9 @@ class PredictionCard(QFrame):
         completer.setFilterMode(Qt.MatchFlag.MatchContains)
         self.class_box.setCompleter(completer)
         self.class_box.returnPressed.connect(self._on_class_box_return_pressed)
+        # The box must never trap the label keys: see eventFilter.
+        self.class_box.installEventFilter(self)
+        self.class_box.textEdited.connect(lambda _text: self.hint.hide())
         entry.addWidget(self.class_box, 1)
         self.accept_button = QPushButton("Accept  ⏎", self)
         self.accept_button.setObjectName("primary")
@@ -157,6 +160,11 @@ class PredictionCard(QFrame):
         self.accept_button.clicked.connect(self.accept_requested)
         entry.addWidget(self.accept_button)
         layout.addLayout(entry)
+        self.hint = QLabel("", self)
+        self.hint.setObjectName("dimLabel")
+        self.hint.setWordWrap(True)
+        self.hint.hide()
+        layout.addWidget(self.hint)
         self._chips_host = QWidget(self)
         self._chips = FlowLayout(self._chips_host, spacing=4)
         layout.addWidget(self._chips_host)
@@ -319,15 +327,75 @@ class PredictionCard(QFrame):
             f"Label: <b style='color:{color}'>{label}</b> <span style='color:#9aa0a6'>· {who} · {state}</span>"
         )
 
-    def _on_class_box_return_pressed(self) -> None:
+    # -- the class box ------------------------------------------------------------------------
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        """Keep the label keys for the label while the class box has focus.
+
+        Ctrl+Z / Ctrl+Shift+Z / Ctrl+Y undo and redo *labels*, and digits pick a class
+        while the box is empty: their shortcut override is withheld from the box, so the
+        window's shortcuts get them. Escape leaves the box; Ctrl+Enter creates a class.
+        """
+        if watched is self.class_box and isinstance(event, QKeyEvent):
+            if event.type() == QEvent.Type.ShortcutOverride:
+                if _is_history_key(event):
+                    return True  # not accepted: the window's Undo/Redo action fires
+                if not self.class_box.text() and event.text().isdigit() and event.text() != "0":
+                    return True
+            elif event.type() == QEvent.Type.KeyPress:
+                if event.key() == Qt.Key.Key_Escape:
+                    self.leave_class_box()
+                    return True
+                if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and (
+                    event.modifiers() & Qt.KeyboardModifier.ControlModifier
+                ):
+                    self.submit_class_box(create=True)
+                    return True
+        return super().eventFilter(watched, event)
+
+    def leave_class_box(self) -> None:
+        """Clear the box and give the keyboard back to the window (Escape)."""
+        self.class_box.clear()
+        self.hint.hide()
+        self.class_box.clearFocus()
+        window = self.window()
+        if window is not None:
+            window.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def match_class(self, text: str) -> str | None:
+        """The existing class the typed text names: exact (any case) or the only one containing it."""
+        text = text.strip().lower()
+        if not text:
+            return None
+        match = next((c for c in self.classes if c.lower() == text), None)
+        if match is None:
+            candidates = [c for c in self.classes if text in c.lower()]
+            match = candidates[0] if len(candidates) == 1 else None
+        return match
+
+    def submit_class_box(self, create: bool = False) -> None:
+        """Enter in the box: label with the class typed; a new class only with ``create`` (Ctrl+Enter)."""
         text = self.class_box.text().strip()
         if not text:
+            self.leave_class_box()
             self.accept_requested.emit()
             return
-        # Prefer an existing class matching case-insensitively (type-ahead finished by Enter).
-        match = next((c for c in self.classes if c.lower() == text.lower()), None)
-        if match is None:
-            candidates = [c for c in self.classes if text.lower() in c.lower()]
-            match = candidates[0] if len(candidates) == 1 else text
-        self.class_box.clear()
-        self.label_chosen.emit(match)
+        match = self.match_class(text)
+        if match is None and not create:
+            self.hint.setText(
+                f"“{text}” is not a class yet. Ctrl+Enter creates it; Esc leaves the box."
+            )
+            self.hint.show()
+            return
+        self.leave_class_box()
+        self.label_chosen.emit(match or text)
+
+    def _on_class_box_return_pressed(self) -> None:
+        self.submit_class_box(create=False)
+
+
+def _is_history_key(event: QKeyEvent) -> bool:
+    combo = event.keyCombination()
+    sequence = QKeySequence(combo)
+    if event.matches(QKeySequence.StandardKey.Undo) or event.matches(QKeySequence.StandardKey.Redo):
+        return True
+    return sequence in (QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y"))
