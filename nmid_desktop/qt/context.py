@@ -22,6 +22,7 @@ class AppContext(QObject):
     labels_changed = Signal()  # a label, review or class changed: views refresh
     status_changed = Signal(object)  # LibraryStatus
     open_image_requested = Signal(int)  # show this library image in the Classify page
+    open_queue_requested = Signal(object, int)  # work through these image ids, starting at this one
     message = Signal(str)  # a short line for the status bar
     endpoint_changed = Signal(bool)  # whether a model endpoint is configured
     status_refresh_requested = Signal()  # counts or spending changed: the window re-reads them

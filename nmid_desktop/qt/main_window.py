@@ -236,6 +236,7 @@ class MainWindow(QMainWindow):
         page.demos.image_activated.connect(self.show_image)
         page.contrast.levels_changed.connect(self._on_contrast_levels_changed)
         self.ctx.open_image_requested.connect(self._on_ctx_open_image_requested)
+        self.ctx.open_queue_requested.connect(self._on_ctx_open_queue_requested)
         self.ctx.status_changed.connect(self._on_ctx_status_changed)
         self.ctx.message.connect(lambda text: self.status.show_message(text, 8000))
         self.ctx.endpoint_changed.connect(self._on_ctx_endpoint_changed)
@@ -390,6 +391,7 @@ class MainWindow(QMainWindow):
         self.page.card.set_current_label(record.label, record.label_source, record.review)
         self.page.demos.set_demonstrations(result.tiles, self.ctx.class_names, self.ctx.class_colors)
         self.page.card.set_local(result.ranking, result.predictor, len(result.tiles))
+        self._show_suggestion()
         if self._last_drop_t is not None:
             self.last_drop_latency_s = time.perf_counter() - self._last_drop_t
             self._last_drop_t = None
@@ -429,10 +431,22 @@ class MainWindow(QMainWindow):
     def _on_ctx_open_image_requested(self, image_id: int) -> None:
         self.show_image(image_id)
 
+    def _on_ctx_open_queue_requested(self, ids: list[int], image_id: int) -> None:
+        self.queue = [int(i) for i in ids] or [image_id]
+        self.show_image(image_id)
+
     # -- labelling ---------------------------------------------------------------------------------
     def suggestion(self) -> tuple[str, str, str | None, float | None] | None:
-        """(label, source, model, confidence) that Enter would accept, or None."""
+        """(label, source, model, confidence) that Enter would accept, or None.
+
+        An image whose label awaits review offers that label (source ``"review"``: Enter
+        accepts it as it is); else the model's answer when it is the preferred predictor;
+        else the local prediction. The card's Accept button names the same label.
+        """
         card = self.page.card
+        record = self.current.record if self.current is not None else None
+        if record is not None and record.label and record.review == "pending":
+            return record.label, "review", record.label_model, record.label_confidence
         answer = card.model_answer
         prefer_model = self.ctx.settings.predictor in ("lmm", "both")
         if prefer_model and answer is not None and answer.valid and answer.label:
@@ -451,7 +465,27 @@ class MainWindow(QMainWindow):
             self.status.show_message("Nothing to accept yet: choose a class (1-9 or type its name).", 6000)
             return None
         label, source, model, confidence = suggestion
+        if source == "review":
+            return self._accept_pending()
         return self._write_label(label, source=source, model=model, confidence=confidence)
+
+    def _accept_pending(self) -> JobHandle | None:
+        image_id = self.current_id
+        if image_id is None:
+            return None
+        self._label_seq += 1
+        handle = self.jobs.start(
+            f"label-{self._label_seq}", lambda eng, token: eng.set_review(image_id, "accepted", actor="expert"),
+            lane=ENGINE_LANE,
+        )
+        handle.finished.connect(lambda change: self._on_label_changed(change, advance=True))
+        handle.failed.connect(lambda msg: self._error("The review was not saved", msg))
+        return handle
+
+    def _show_suggestion(self) -> None:
+        suggestion = self.suggestion()
+        self.page.card.set_accept_label(suggestion[0] if suggestion else None,
+                                        pending=bool(suggestion and suggestion[1] == "review"))
 
     def set_label(self, label: str) -> JobHandle | None:
         """Label the current image as ``label`` (a correction by the expert)."""
@@ -503,6 +537,7 @@ class MainWindow(QMainWindow):
             self.page.card.set_current_label(record.label, record.label_source, record.review)
             if self.current is not None:
                 self.current = dataclasses.replace(self.current, record=record)
+                self._show_suggestion()
         elif change.action in ("undo", "redo"):
             # Show what was undone or redone, so the expert sees the change.
             self.show_image(change.image_id)
@@ -678,6 +713,7 @@ class MainWindow(QMainWindow):
     def _on_model_answer(self, image_id: int, answer) -> None:  # noqa: ANN001
         if image_id == self.current_id:
             self.page.card.set_model(answer)
+            self._show_suggestion()
         self.refresh_status()  # spending changed
         self.ctx.labels_changed.emit()  # the review queue orders by disagreement
 

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 DEMO_THUMB_SIZE = 160
 
 
+DEMOS_INCLUDE_PENDING = False  # the window's and the batch's demonstrations: accepted labels only
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     """One class with its colour and image count."""
@@ -148,7 +151,9 @@ class Engine:
     def _new_classifier(self) -> Any:
         from nmid_desktop.predict.service import Classifier
 
-        return Classifier(self.store, self.settings, encoder=self._encoder)
+        # Only accepted labels teach: a batch's pending predictions (and the model's) are not
+        # demonstrations until someone accepts them, so one mistake cannot teach the next query.
+        return Classifier(self.store, self.settings, encoder=self._encoder, include_pending=DEMOS_INCLUDE_PENDING)
 
     def close(self) -> None:
         """Release the store (called in the engine thread when the lane stops)."""

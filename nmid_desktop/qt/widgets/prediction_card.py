@@ -172,6 +172,7 @@ class PredictionCard(QFrame):
         self.classes: list[str] = []
         self.colors: dict[str, QColor] = {}
         self.suggested: str | None = None
+        self.accept_label: str | None = None
         self.set_model_visible(False)
         self.set_model(None)
         self.set_enabled_for_image(False)
@@ -226,10 +227,13 @@ class PredictionCard(QFrame):
         else:
             top, prob = items[0]
             how = "kNN vote" if predictor == "knn" else "logistic probe" if predictor == "logreg" else predictor
-            basis = f" over {n_demos} demonstrations" if predictor == "knn" and n_demos else ""
+            basis = f" over {n_demos} accepted demonstrations" if predictor == "knn" and n_demos else " · accepted labels only"
             self.local_summary.setText(f"<b>{top}</b> &nbsp;{prob:.0%} <span style='color:#9aa0a6'>· {how}{basis}</span>")
             self.local_bars.set_items(items, self.colors, highlight=top)
             self.suggested = top
+        self.local_summary.setToolTip(
+            "Demonstrations are accepted labels only: predictions still pending review are never used."
+        )
         self.accept_button.setEnabled(self.class_box.isEnabled() and self.suggested is not None)
         self._update_agreement()
 
@@ -309,6 +313,18 @@ class PredictionCard(QFrame):
             self.agreement.setProperty("state", "disagree")
         self.agreement.style().unpolish(self.agreement)
         self.agreement.style().polish(self.agreement)
+
+    def set_accept_label(self, label: str | None, pending: bool = False) -> None:
+        """Name on the Accept button what Enter accepts (``pending``: the label awaiting review)."""
+        self.accept_label = label
+        if label is None:
+            self.accept_button.setText("Accept  ⏎")
+            self.accept_button.setToolTip("Nothing to accept yet: choose a class (1-9 or type its name)")
+        else:
+            what = "the pending label" if pending else "the suggestion"
+            self.accept_button.setText(f"Accept {label}  ⏎")
+            self.accept_button.setToolTip(f"Accept {what} '{label}' (Enter)")
+        self.accept_button.setEnabled(self.class_box.isEnabled() and label is not None)
 
     @property
     def model_answer(self) -> ModelAnswer | None:
