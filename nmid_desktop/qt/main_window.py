@@ -391,6 +391,8 @@ class MainWindow(QMainWindow):
         self.page.card.set_current_label(record.label, record.label_source, record.review)
         self.page.demos.set_demonstrations(result.tiles, self.ctx.class_names, self.ctx.class_colors)
         self.page.card.set_local(result.ranking, result.predictor, len(result.tiles))
+        if result.stored_answer is not None:
+            self.page.card.set_model(result.stored_answer, stored=True)  # paid once: shown, not asked again
         self._show_suggestion()
         if self._last_drop_t is not None:
             self.last_drop_latency_s = time.perf_counter() - self._last_drop_t
@@ -677,6 +679,8 @@ class MainWindow(QMainWindow):
         return self.ctx.endpoint_ok
 
     def _maybe_ask_model(self, result: QueryResult) -> None:
+        if result.stored_answer is not None:
+            return  # the stored answer is shown; Ask model asks again on purpose
         if self.ctx.endpoint_ok and self.ctx.settings.predictor in ("lmm", "both") and result.tiles:
             self.ask_model()
 

@@ -24,7 +24,7 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import LibraryError, NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
-from nmid_desktop.workspace.display import DemoTile, ImagePayload, ThumbnailCache, load_image
+from nmid_desktop.workspace.display import DemoTile, ImagePayload, ModelAnswer, ThumbnailCache, load_image
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class QueryResult:
         predictor: ``knn`` or ``logreg``.
         demo_ids: Ids of the demonstrations (for the model prompt).
         timings: Seconds per stage (embed, search, predict, thumbnails).
+        stored_answer: The model's newest stored answer for this image (paid for once: shown
+            again on reopening instead of asking again), or None.
     """
 
     image_id: int
@@ -98,6 +100,7 @@ class QueryResult:
     predictor: str
     demo_ids: tuple[int, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    stored_answer: ModelAnswer | None = None
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,7 @@ class Engine:
             predictor=settings.local_predictor,
             demo_ids=tuple(int(d.image_id) for d in demos),
             timings=timings,
+            stored_answer=stored_answer(self.store, image_id),
         )
 
     def _tile(self, demo: Any) -> DemoTile:
@@ -404,6 +408,23 @@ class Engine:
         classifier = self.classifier
         if classifier.ready:
             classifier.notify_labelled(ids)
+
+
+def stored_answer(store: Store, image_id: int) -> ModelAnswer | None:
+    """The model's newest stored answer for an image, as the card shows it (None when never asked)."""
+    latest = next((p for p in store.predictions(image_id) if p.predictor == "lmm"), None)
+    if latest is None:
+        return None
+    return ModelAnswer(
+        model=latest.model or "",
+        label=latest.label,
+        confidence=latest.confidence,
+        rationale=latest.rationale,
+        ranking=tuple(label for label, _ in latest.ranking),
+        valid=latest.valid,
+        reason=latest.reason,
+        cost_usd=latest.cost_usd,
+    )
 
 
 def open_engine(
