@@ -49,6 +49,15 @@ from nmid_desktop.workspace.engine import (
 
 log = logging.getLogger(__name__)
 
+JOB_WORDS = {
+    "open": "Opening images", "query": "Finding similar images", "prepare": "Preparing the classifier",
+    "rebuild": "Rebuilding the index", "label": "Saving a label", "lmm": "Asking the model",
+    "status": "Reading the library", "settings": "Applying the settings", "reload": "Loading the new encoder",
+    "batch": "The batch", "training": "Training", "export": "The export", "describe": "Describing",
+    "synthesize": "Generating images", "models": "Listing models", "classes": "Changing classes",
+    "endpoint": "Checking the endpoint", "demo": "Building the demo library",
+}
+
 # Closing waits this long for workers to reach a cancel point, then abandons the stuck
 # ones (a request to a server that does not answer): the window must close within 2 s.
 SHUTDOWN_WAIT_S = 1.5
@@ -116,6 +125,15 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
         self.status = StatusBar(self.jobs, self)
         self.setStatusBar(self.status)
+        from nmid_desktop.qt.log_bridge import LogBridge
+        from nmid_desktop.workspace.log_file import install_log_file
+
+        log_path = install_log_file()
+        self.log_path = str(log_path) if log_path is not None else ""
+        self.status.log_path = self.log_path
+        self._log_bridge = LogBridge(self)
+        self._log_bridge.warned.connect(self.status.add_warning)
+        self.jobs.job_ended.connect(self._on_jobs_job_ended)
         self._build_actions()
         self._build_panels()
         self._connect()
@@ -776,11 +794,17 @@ class MainWindow(QMainWindow):
         self.refresh_status()
         self.check_endpoint()
 
+    def _on_jobs_job_ended(self, handle: JobHandle) -> None:
+        # Every failed job reaches the user in words, also those no panel reports itself
+        # (status, settings, reload...); its traceback is in the log file.
+        if handle.outcome == "failed" and not self._closing:
+            self.status.add_warning(f"{JOB_WORDS.get(handle.kind.split('-')[0], handle.kind)} failed: {handle.error}")
+
     def _error(self, title: str, message: str) -> None:
-        log.warning("%s: %s", title, message)
         self.status.show_message(f"{title}: {message}", 15000)
         if not self._closing and self.isVisible() and QGuiApplication.platformName() != "offscreen":
-            QMessageBox.warning(self, title, message)
+            where = f"\n\nDetails are in {self.log_path}" if self.log_path else ""
+            QMessageBox.warning(self, title, message + where)
         self.last_error = f"{title}: {message}"
 
     # -- geometry and closing ------------------------------------------------------------------------
@@ -810,6 +834,7 @@ class MainWindow(QMainWindow):
             if callable(stop):
                 stop()
         self.browser.shutdown()
+        self._log_bridge.close()
         self.status.show_message("Stopping background work…")
         self.jobs.shutdown(timeout_s=self.shutdown_wait_s)
         mark_gui_thread(active=False)

@@ -99,11 +99,16 @@ def freeze_heap() -> None:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A one-line message for the user: NmidError text as is, anything else with its type."""
+    """A one-line message for the user: NmidError text as is, anything else with its type.
+
+    An exception that is not one of ours is a bug or an answer nobody foresaw (an HTML
+    page where JSON was due): the message says so and points at the log file, which
+    holds the traceback.
+    """
     if isinstance(exc, NmidError):
         return str(exc)
     text = str(exc).strip() or "no details"
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {text} (unexpected: the traceback is in the log file)"
 
 
 class JobHandle(QObject):
