@@ -28,6 +28,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QTabWidget, QToolBar, QWidget
 
 from nmid_desktop.core.config import Settings
+from nmid_desktop.core.errors import LabelConflict, UndoConflict
 from nmid_desktop.core.images import SUPPORTED_SUFFIXES
 from nmid_desktop.core.jobs import Progress, mark_gui_thread
 from nmid_desktop.qt.context import ENGINE_LANE, AppContext
@@ -39,12 +40,14 @@ from nmid_desktop.workspace.engine import (
     Engine,
     EngineRef,
     LabelChange,
+    LabelRefused,
     LibraryStatus,
     OpenResult,
     QueryResult,
     build_demo,
     classifier_changed,
     open_engine,
+    refused,
 )
 
 log = logging.getLogger(__name__)
@@ -91,7 +94,7 @@ class MainWindow(QMainWindow):
 
     def __init__(
         self,
-        library: Path,
+        library: Path | str,
         settings: Settings,
         *,
         demo: bool = False,
@@ -105,7 +108,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("nmid-desktop")
         self.setAcceptDrops(True)
         self.jobs = jobs or JobManager(self)
-        self.ctx = AppContext(Path(library), settings, self.jobs, ThumbnailCache())
+        self.ctx = AppContext(library, settings, self.jobs, ThumbnailCache())
         self._engine_ref = EngineRef()  # filled in the engine thread; off-lane jobs wait for it
         self._closing = False
         self.shutdown_wait_s = SHUTDOWN_WAIT_S
@@ -117,6 +120,7 @@ class MainWindow(QMainWindow):
         self._last_drop_t: float | None = None
         self.last_drop_latency_s: float | None = None
         self.last_error: str | None = None  # the latest message shown to the user (tests read it)
+        self.last_conflict: str | None = None  # the latest refused change (a colleague's label won)
 
         self.page = ClassifyPage(self)
         self.tabs = QTabWidget(self)
@@ -240,6 +244,7 @@ class MainWindow(QMainWindow):
         self.training = TrainingPanel(self.ctx, self)
         self.tabs.addTab(self.training, "Training")
         self.training.trained.connect(self._on_training_trained)
+        self.training.encoder_chosen.connect(self._on_training_encoder_chosen)
         self.extra_panels: dict[str, QWidget] = {"description": self.description, "synthetic": self.synthetic}
 
     def _connect(self) -> None:
@@ -334,7 +339,8 @@ class MainWindow(QMainWindow):
         colors = self.ctx.class_colors
         if status.class_names != self.page.card.classes:
             self.page.card.set_classes(status.class_names, colors)
-        self.setWindowTitle(f"nmid-desktop — {status.root}")
+        # The location, never the URL as typed: a password in it is redacted.
+        self.setWindowTitle(f"nmid-desktop — {status.location or status.root}")
 
     def rebuild_index(self) -> JobHandle:
         """Rebuild the index in its own thread; queries go on using the old one meanwhile."""
@@ -406,7 +412,7 @@ class MainWindow(QMainWindow):
         self.current = result
         record = result.record
         self.page.title.setText(record.original_name or record.path.name)
-        self.page.card.set_current_label(record.label, record.label_source, record.review)
+        self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
         self.page.demos.set_demonstrations(result.tiles, self.ctx.class_names, self.ctx.class_colors)
         self.page.card.set_local(result.ranking, result.predictor, len(result.tiles))
         if result.stored_answer is not None:
@@ -495,7 +501,7 @@ class MainWindow(QMainWindow):
             return None
         self._label_seq += 1
         handle = self.jobs.start(
-            f"label-{self._label_seq}", lambda eng, token: eng.set_review(image_id, "accepted", actor="expert"),
+            f"label-{self._label_seq}", lambda eng, token: eng.set_review(image_id, "accepted", actor=""),
             lane=ENGINE_LANE,
         )
         handle.finished.connect(lambda change: self._on_label_changed(change, advance=True))
@@ -519,8 +525,15 @@ class MainWindow(QMainWindow):
             return None
         self._label_seq += 1
 
+        record = self.current.record if self.current is not None and self.current.image_id == image_id else None
+        expected = record.label_version if record is not None else None
+
         def factory(eng: Engine, token):  # noqa: ANN001, ANN202
-            return eng.set_label(image_id, label, source=source, model=model, confidence=confidence, actor="expert")
+            try:
+                return eng.set_label(image_id, label, source=source, model=model, confidence=confidence, actor="",
+                                     expected_version=expected)
+            except LabelConflict as exc:  # a colleague labelled it since we read it: tell, never overwrite
+                return refused(eng, exc)
 
         # A unique kind per write: label writes are never superseded, only queued in order.
         handle = self.jobs.start(f"label-{self._label_seq}", factory, lane=ENGINE_LANE)
@@ -538,14 +551,23 @@ class MainWindow(QMainWindow):
 
     def _history_step(self, which: str) -> JobHandle:
         self._label_seq += 1
-        handle = self.jobs.start(f"label-{self._label_seq}", lambda eng, token: getattr(eng, which)(), lane=ENGINE_LANE)
+        def factory(eng: Engine, token):  # noqa: ANN001, ANN202
+            try:
+                return getattr(eng, which)()
+            except UndoConflict as exc:  # a colleague overwrote that change since: refused, with their label
+                return refused(eng, exc)
+
+        handle = self.jobs.start(f"label-{self._label_seq}", factory, lane=ENGINE_LANE)
         handle.finished.connect(lambda change: self._on_label_changed(change, advance=False, which=which))
         handle.failed.connect(lambda msg: self._error(f"{which.capitalize()} failed", msg))
         return handle
 
-    def _on_label_changed(self, change: LabelChange | None, *, advance: bool, which: str = "set") -> None:
+    def _on_label_changed(self, change: LabelChange | LabelRefused | None, *, advance: bool, which: str = "set") -> None:
         if change is None:
             self.status.show_message(f"Nothing to {which}.", 4000)
+            return
+        if isinstance(change, LabelRefused):
+            self._on_label_refused(change)
             return
         record = change.record
         label = record.label or "no label"
@@ -554,7 +576,7 @@ class MainWindow(QMainWindow):
         self.refresh_status()
         self.ctx.labels_changed.emit()
         if change.image_id == self.current_id:
-            self.page.card.set_current_label(record.label, record.label_source, record.review)
+            self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
             if self.current is not None:
                 self.current = dataclasses.replace(self.current, record=record)
                 self._show_suggestion()
@@ -563,6 +585,19 @@ class MainWindow(QMainWindow):
             self.show_image(change.image_id)
         if advance and change.image_id == self.current_id and self.position < len(self.queue) - 1:
             self.next_image()
+
+    def _on_label_refused(self, refusal: LabelRefused) -> None:
+        record = refusal.record
+        self.last_conflict = refusal.message
+        self.status.add_warning(f"Not changed: {refusal.message}")
+        self.refresh_status()
+        self.ctx.labels_changed.emit()
+        if refusal.image_id == self.current_id:
+            # Show the colleague's label: the next Enter or digit decides knowing it.
+            self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
+            if self.current is not None:
+                self.current = dataclasses.replace(self.current, record=record)
+                self._show_suggestion()
 
     # -- keys --------------------------------------------------------------------------------------
     def _on_enter(self) -> None:
@@ -649,7 +684,7 @@ class MainWindow(QMainWindow):
         def factory(eng: Engine, token):  # noqa: ANN001, ANN202
             def job():  # noqa: ANN202
                 report = yield from import_folder(
-                    eng.store, folder, max_pixels=settings.max_pixels, detect_bar=settings.crop_data_bar, actor="window"
+                    eng.store, folder, max_pixels=settings.max_pixels, detect_bar=settings.crop_data_bar, actor=""
                 )
                 ids = tuple(dict.fromkeys(int(i.image_id) for i in report.items if i.image_id is not None))
                 skipped = tuple(f"{Path(i.path).name}: {i.reason}" for i in report.items if i.image_id is None)
@@ -745,10 +780,12 @@ class MainWindow(QMainWindow):
 
     # -- dialogs -----------------------------------------------------------------------------------
     def _on_training_trained(self, result) -> None:  # noqa: ANN001
-        if self.training.use_check.isChecked():
-            # The library now names the new encoder: a fresh classifier re-embeds and rebuilds.
-            self.jobs.start("reload", lambda eng, token: eng.reload_classifier(), lane=ENGINE_LANE)
-            self.prepare_classifier()
+        self.refresh_status()  # the library's encoder is unchanged until the user adopts the new one
+
+    def _on_training_encoder_chosen(self, name: str) -> None:
+        # The library now names the new encoder: a fresh classifier re-embeds and rebuilds.
+        self.jobs.start("reload", lambda eng, token: eng.reload_classifier(), lane=ENGINE_LANE)
+        self.prepare_classifier()
         self.refresh_status()
 
     def _on_export_triggered(self) -> QWidget:
@@ -778,7 +815,9 @@ class MainWindow(QMainWindow):
         """Use new settings (already saved): a new library reopens everything."""
         old = self.ctx.settings
         self.ctx.settings = settings
-        new_library = Path(settings.library) if settings.library else self.ctx.library
+        from nmid_desktop.workspace.library import as_location
+
+        new_library = as_location(settings.library) if settings.library else self.ctx.library
         if new_library != self.ctx.library:
             self.ctx.library = new_library
             self.queue, self.position, self.current, self.current_id = [], -1, None, None
@@ -787,6 +826,12 @@ class MainWindow(QMainWindow):
             self._start_engine(demo=False)
             self.ctx.library_changed.emit(new_library)
         else:
+            if settings.encoder and settings.encoder != old.encoder:
+                # A library's recorded encoder wins over the settings': the choice made here is
+                # recorded in the library, so a replaced encoder can be chosen again.
+                name = settings.encoder
+                handle = self.jobs.start("use-encoder", lambda eng, token: eng.use_encoder(name), lane=ENGINE_LANE)
+                handle.failed.connect(lambda msg: self._error("The encoder was not changed", msg))
             self.jobs.start("settings", lambda eng, token: eng.update_settings(settings), lane=ENGINE_LANE)
             if classifier_changed(old, settings):
                 self.prepare_classifier()

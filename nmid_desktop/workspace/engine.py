@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from nmid_desktop.core.config import Settings
-from nmid_desktop.core.errors import LibraryError, NmidError
+from nmid_desktop.core.errors import LabelConflict, LibraryError, NmidError, UndoConflict
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
 from nmid_desktop.workspace.display import DemoTile, ImagePayload, ModelAnswer, ThumbnailCache, load_image
@@ -58,6 +58,7 @@ class LibraryStatus:
         index_state: A short phrase: "ready", "building", "stale: N new labels" ...
         api_cost_usd: API spending recorded in this library.
         labels_version: ``store.labels_version()``.
+        location: The library for people: its folder, or its URL with the password redacted.
     """
 
     root: Path
@@ -70,6 +71,7 @@ class LibraryStatus:
     index_state: str = ""
     api_cost_usd: float = 0.0
     labels_version: int = 0
+    location: str = ""
 
     @property
     def class_names(self) -> list[str]:
@@ -113,6 +115,26 @@ class OpenResult:
 
 
 @dataclass(frozen=True)
+class LabelRefused:
+    """A label change, undo or redo refused because a colleague changed the image meanwhile.
+
+    Attributes:
+        image_id: The image.
+        message: Says who set which label (from ``LabelConflict`` / ``UndoConflict``).
+        record: The image as it is now (their label).
+    """
+
+    image_id: int
+    message: str
+    record: ImageRecord
+
+
+def refused(engine: Engine, exc: LabelConflict | UndoConflict) -> LabelRefused:
+    """The refusal as plain data for the window (the image re-read, with the colleague's label)."""
+    return LabelRefused(exc.image_id, str(exc), engine.store.get_image(exc.image_id))
+
+
+@dataclass(frozen=True)
 class LabelChange:
     """A label write (or undo/redo) as the window needs to know it."""
 
@@ -138,14 +160,18 @@ class Engine:
 
     def __init__(
         self,
-        library: Path,
+        library: Path | str,
         settings: Settings,
         thumbnails: ThumbnailCache | None = None,
         encoder: Any = None,
     ) -> None:
-        self.library = Path(library)
+        from nmid_desktop.workspace.library import as_location
+
+        self.library = as_location(library)  # a folder, or a shared library's postgresql:// URL
         self.settings = settings
-        self.store: Store = open_library(self.library)
+        # A shared library's images live in this PC's mount of the lab folder, named in the settings.
+        shared = Path(settings.shared_folder) if settings.shared_folder else None
+        self.store: Store = open_library(self.library, shared_folder=shared, user=settings.user or None)
         self.thumbnails = thumbnails or ThumbnailCache()
         self._encoder = encoder  # a loaded Encoder to share (tests, benchmarks); None: the library's
         self._lock = threading.Lock()
@@ -179,6 +205,13 @@ class Engine:
                 self._classifier = self._new_classifier()
             else:
                 self._classifier.settings = settings
+
+    def use_encoder(self, name: str) -> None:
+        """Record ``name`` as the library's encoder (it wins over the settings' choice), then start over."""
+        from nmid_desktop.ml.encoders import set_library_encoder
+
+        set_library_encoder(self.store, name)
+        self.reload_classifier()
 
     def reload_classifier(self) -> None:
         """Start over with a fresh classifier (e.g. after training a new encoder)."""
@@ -217,7 +250,8 @@ class Engine:
         else:
             index_state = "not loaded"
         return LibraryStatus(
-            root=self.library,
+            root=store.root,
+            location=store.location,
             n_images=n_images,
             n_labelled=n_labelled - n_rejected,
             n_pending=n_pending,
@@ -242,7 +276,7 @@ class Engine:
             [Path(p) for p in paths],
             max_pixels=self.settings.max_pixels,
             detect_bar=self.settings.crop_data_bar,
-            actor="window",
+            actor="",  # the store records its user (settings name, else the OS login)
         )
         ids: list[int] = []
         skipped: list[str] = []
@@ -344,10 +378,17 @@ class Engine:
         model: str | None = None,
         confidence: float | None = None,
         actor: str = "",
+        expected_version: int | None = None,
     ) -> LabelChange:
-        """Accept or correct a label (always ``accepted``: an expert decided), then tell the classifier."""
+        """Accept or correct a label (always ``accepted``: an expert decided), then tell the classifier.
+
+        Args:
+            expected_version: The image's ``label_version`` as the user saw it: a colleague's
+                change since then refuses this one (``LabelConflict``) instead of overwriting it.
+        """
         event = self.store.set_label(
-            image_id, label, source=source, actor=actor, model=model, confidence=confidence, review="accepted"
+            image_id, label, source=source, actor=actor, model=model, confidence=confidence, review="accepted",
+            expected_version=expected_version,
         )
         self._notify([image_id])
         return LabelChange(image_id, self.store.get_image(image_id), event, "set")
@@ -428,7 +469,7 @@ def stored_answer(store: Store, image_id: int) -> ModelAnswer | None:
 
 
 def open_engine(
-    library: Path, settings: Settings, thumbnails: ThumbnailCache | None = None, encoder: Any = None
+    library: Path | str, settings: Settings, thumbnails: ThumbnailCache | None = None, encoder: Any = None
 ) -> Engine:
     """The engine lane's context factory (runs in the lane's thread)."""
     try:

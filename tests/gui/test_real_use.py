@@ -89,3 +89,31 @@ def test_pending_labels_are_not_demonstrations(make_window, library: Path, query
     qtbot.keyClick(window, Qt.Key.Key_PageDown)
     wait_shown(qtbot, window, second.name)
     assert pending_id in [t.image_id for t in window.current.tiles]
+
+
+def test_a_colleagues_label_is_never_overwritten_silently(make_window, library: Path, query_images, qtbot):
+    window = make_window(library)
+    path = query_images["porous"][0]
+    drop_files(window, [path])
+    wait_shown(qtbot, window, path.name)
+    image_id = window.current_id
+    card = window.page.card
+    classes = list(card.classes)
+    mine = next(c for c in classes[:9] if c not in ("porous", "fibres"))
+    with open_library(library, create=False, user="ann") as colleague:  # she labels it meanwhile
+        colleague.set_label(image_id, "porous", source="expert")
+    qtbot.keyClick(window, getattr(Qt.Key, f"Key_{classes.index(mine) + 1}"))
+    wait_idle(qtbot, window)
+    kept = record(library, image_id)
+    assert (kept.label, kept.label_actor) == ("porous", "ann")  # refused, not overwritten
+    assert window.last_conflict is not None and "ann" in window.last_conflict and "porous" in window.last_conflict
+    assert any("ann" in w for w in window.status.warnings)
+    qtbot.waitUntil(lambda: "porous" in card.current.text() and "ann" in card.current.text(), timeout=TIMEOUT_MS)
+
+    # Seen now: the same key decides, knowing her label.
+    qtbot.keyClick(window, getattr(Qt.Key, f"Key_{classes.index(mine) + 1}"))
+    wait_idle(qtbot, window)
+    assert record(library, image_id).label == mine
+
+    # The title names the library by its location (a shared library's URL would show redacted).
+    assert str(library) in window.windowTitle()

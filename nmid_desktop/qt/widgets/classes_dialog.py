@@ -96,7 +96,7 @@ class ClassesDialog(QDialog):
             return None
 
         def factory(eng: Engine, token: object) -> str:
-            return eng.change_class(action, name, other, actor="window")
+            return eng.change_class(action, name, other, actor="")
 
         self.message.setText("Working…")
         handle = self.ctx.jobs.start("classes", factory, lane=ENGINE_LANE)

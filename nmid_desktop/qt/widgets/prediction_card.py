@@ -331,14 +331,16 @@ class PredictionCard(QFrame):
         """The model's answer shown now, if any."""
         return getattr(self, "_model", None)
 
-    def set_current_label(self, label: str | None, source: str | None, review: str | None) -> None:
-        """The label the image carries in the library now."""
+    def set_current_label(self, label: str | None, source: str | None, review: str | None, actor: str | None = None) -> None:
+        """The label the image carries in the library now (``actor``: who set it, on a shared library)."""
         if label is None:
             self.current.setText("<span style='color:#9aa0a6'>Not labelled yet.</span>")
             return
         who = SOURCE_NAMES.get(source or "", source or "")
         color = self.colors.get(label, QColor("#8ab4f8")).name()
         state = {"accepted": "✓ accepted", "pending": "pending review", "rejected": "rejected"}.get(review or "", review or "")
+        if actor:
+            who = f"{who} ({actor})"
         self.current.setText(
             f"Label: <b style='color:{color}'>{label}</b> <span style='color:#9aa0a6'>· {who} · {state}</span>"
         )

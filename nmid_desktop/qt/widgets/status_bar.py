@@ -106,8 +106,11 @@ class StatusBar(QStatusBar):
 
     def set_status(self, status: LibraryStatus, budget_usd: float | None = None) -> None:
         """Show fresh library facts."""
-        self.library.setText(f"{status.root.name or status.root} · {status.n_images:,} images · {status.n_labelled:,} labelled")
-        self.library.setToolTip(f"{status.root}\n{len(status.classes)} classes, {status.n_pending} awaiting review")
+        shared = status.location.startswith("postgresql")
+        name = status.location if shared else (status.root.name or str(status.root))
+        self.library.setText(f"{name} · {status.n_images:,} images · {status.n_labelled:,} labelled")
+        where = f"{status.location}\nimages in {status.root}" if shared else str(status.root)
+        self.library.setToolTip(f"{where}\n{len(status.classes)} classes, {status.n_pending} awaiting review")
         # The key is NAME@SHA[+VIEWS]; show the name and the view averaging, not the hash.
         name = re.sub(r"@[^+]*", "", status.encoder) if status.encoder else "–"
         self.encoder.setText(f"Encoder: {name}")
