@@ -57,6 +57,7 @@ def test_review_queue_is_worked_by_keyboard_in_queue_order(make_window, library:
     wait_shown(qtbot, window)
     assert window.current_id == particles[2] and window.page.queue_label.text() == "3 of 3"
     if SCREENS.is_dir():
+        qtbot.wait(800)  # let the layout and the demonstration thumbnails settle before the picture
         window.grab().save(str(SCREENS / "review_queue_by_keyboard.png"))
 
 
