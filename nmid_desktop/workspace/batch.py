@@ -16,7 +16,7 @@ from typing import Any
 from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
-from nmid_desktop.core.store import open_library
+from nmid_desktop.core.store import Store, open_library
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,16 @@ def _replace(row: BatchRow, **changes: Any) -> BatchRow:
     return replace(row, **changes)
 
 
-def _model_pass(store, classifier, ids, settings, token, rows, summary, estimate_only):  # noqa: ANN001, ANN202
+def _model_pass(
+    store: Store,
+    classifier: Any,
+    ids: list[int],
+    settings: Settings,
+    token: CancelToken,
+    rows: dict[int, BatchRow],
+    summary: BatchSummary,
+    estimate_only: bool,
+) -> Job[None]:
     """Ask the model about every image (a sub-job of :func:`batch_job`)."""
     from nmid_desktop.lmm.predict import LmmPrediction, predict_images
 

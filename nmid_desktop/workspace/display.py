@@ -310,7 +310,7 @@ class ThumbnailQueue:
         with self._cond:
             if not self._items and not self._closed:
                 self._cond.wait(timeout)
-            out = []
+            out: list[ThumbRequest] = []
             while self._items and len(out) < n:
                 out.append(self._items.popitem(last=True)[1])
             return out
