@@ -98,13 +98,10 @@ def run_app(library: Path | None, demo: bool, paths: Sequence[Path] = ()) -> int
     problem = window_problem()
     if problem:
         raise DisplayError(problem)
-    from nmid_desktop.qt.workers import exit_process
-
     window = open_window(library, demo, paths)
     app = QApplication.instance()
     code = int(app.exec()) if app is not None else 1
     del window
-    exit_process(code)  # returns unless a worker is stuck in a call nobody waits for any more
     return code
 
 
@@ -123,11 +120,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``nmid-desktop`` GUI script: ``nmid-desktop [--library PATH] [--demo] [FILE ...]``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from nmid_desktop.qt.workers import exit_process
+
     try:
         code = run_app(args.library, args.demo, args.paths)
     except NmidError as exc:
         print(f"nmid-desktop: error: {exc}", file=sys.stderr)
         code = 1
+    exit_process(code)  # returns unless a worker is stuck in a call nobody waits for any more
     sys.exit(code)
 
 

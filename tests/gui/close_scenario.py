@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
     code = int(app.exec())
     print(json.dumps(facts), flush=True)
     QApplication.processEvents()
-    exit_process(code)  # what nmid-desktop's run_app does after its event loop
+    exit_process(code)  # what nmid-desktop's main and `nmid gui` do after run_app
     return code
 
 
