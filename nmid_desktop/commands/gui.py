@@ -11,13 +11,10 @@ from nmid_desktop.commands._common import add_library_arg
 def _cmd_gui(args: argparse.Namespace) -> int:
     # Imported here so that every other `nmid` command works without a display or Qt.
     from nmid_desktop.qt.app import run_app
-    from nmid_desktop.qt.workers import exit_process
 
-    code = run_app(args.library, demo=args.demo, paths=args.paths)
-    # A worker still stuck in a request after the window closed: end here, since Python's exit
-    # would destroy its running QThread, which aborts the process.
-    exit_process(code)
-    return code
+    # exit_when_stuck: a worker still stuck in a request after the window closed ends the process
+    # there, since Python's exit would destroy its running QThread, which aborts the process.
+    return run_app(args.library, demo=args.demo, paths=args.paths, exit_when_stuck=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
