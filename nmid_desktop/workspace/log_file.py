@@ -25,8 +25,11 @@ class _LogFile(logging.handlers.RotatingFileHandler):
     """Marks our handler so that installing twice replaces it instead of doubling every line."""
 
 
-def install_log_file(level: int = logging.INFO) -> Path | None:
-    """Send the package's log records (INFO and up, tracebacks included) to the log file.
+def install_log_file(level: int = logging.WARNING) -> Path | None:
+    """Send the package's warnings and errors (failed jobs' tracebacks included) to the log file.
+
+    The package logger's own level is left alone: lowering it would also let INFO records
+    through to the root logger's handlers (stderr).
 
     Created on first call, never at import. Calling again (a second window, another
     cache folder) replaces the earlier handler.
@@ -50,6 +53,4 @@ def install_log_file(level: int = logging.INFO) -> Path | None:
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
     logger.addHandler(handler)
-    if logger.getEffectiveLevel() > level:
-        logger.setLevel(level)
     return path
