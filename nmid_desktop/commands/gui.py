@@ -12,7 +12,9 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     # Imported here so that every other `nmid` command works without a display or Qt.
     from nmid_desktop.qt.app import run_app
 
-    return run_app(args.library, demo=args.demo, paths=args.paths)
+    # exit_when_stuck: a worker still stuck in a request after the window closed ends the process
+    # there, since Python's exit would destroy its running QThread, which aborts the process.
+    return run_app(args.library, demo=args.demo, paths=args.paths, exit_when_stuck=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -80,13 +80,15 @@ def open_window(
     return window
 
 
-def run_app(library: Path | None, demo: bool, paths: Sequence[Path] = ()) -> int:
+def run_app(library: Path | None, demo: bool, paths: Sequence[Path] = (), *, exit_when_stuck: bool = False) -> int:
     """Open the main window and run the event loop until it closes.
 
     Args:
         library: Library folder, or None for the settings' (or the default) library.
         demo: Use the demo library, filled with the built-in demo images when empty.
         paths: Image files or folders to open in the window.
+        exit_when_stuck: End the process at once (``os._exit``) when a worker is still stuck after
+            the window closed, as the entry points do; in-process callers (tests) leave it off.
 
     Returns:
         The process exit code.
@@ -102,6 +104,10 @@ def run_app(library: Path | None, demo: bool, paths: Sequence[Path] = ()) -> int
     app = QApplication.instance()
     code = int(app.exec()) if app is not None else 1
     del window
+    if exit_when_stuck:
+        from nmid_desktop.qt.workers import exit_process
+
+        exit_process(code)  # returns unless a worker is stuck in a call nobody waits for any more
     return code
 
 
@@ -121,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        code = run_app(args.library, args.demo, args.paths)
+        code = run_app(args.library, args.demo, args.paths, exit_when_stuck=True)
     except NmidError as exc:
         print(f"nmid-desktop: error: {exc}", file=sys.stderr)
         code = 1

@@ -10,6 +10,7 @@ from nmid_desktop.core.config import Settings
 from nmid_desktop.qt.workers import JobManager
 from nmid_desktop.workspace.display import ThumbnailCache
 from nmid_desktop.workspace.engine import LibraryStatus
+from nmid_desktop.workspace.library import as_location
 
 ENGINE_LANE = "engine"  # the lane that owns the store and classifier (see qt/engine.py)
 
@@ -18,17 +19,19 @@ class AppContext(QObject):
     """Shared state of one window. Lives in the GUI thread; jobs get copies of its plain values."""
 
     settings_changed = Signal(object)  # Settings
-    library_changed = Signal(object)  # Path
+    library_changed = Signal(object)  # Path or postgresql:// URL
     labels_changed = Signal()  # a label, review or class changed: views refresh
     status_changed = Signal(object)  # LibraryStatus
     open_image_requested = Signal(int)  # show this library image in the Classify page
+    open_queue_requested = Signal(object, int)  # work through these image ids, starting at this one
     message = Signal(str)  # a short line for the status bar
     endpoint_changed = Signal(bool)  # whether a model endpoint is configured
     status_refresh_requested = Signal()  # counts or spending changed: the window re-reads them
 
-    def __init__(self, library: Path, settings: Settings, jobs: JobManager, thumbnails: ThumbnailCache) -> None:
+    def __init__(self, library: Path | str, settings: Settings, jobs: JobManager, thumbnails: ThumbnailCache) -> None:
         super().__init__()
-        self.library = Path(library)
+        # A folder, or a shared library's postgresql:// URL (jobs open their own store from it).
+        self.library: Path | str = as_location(library)
         self.settings = settings
         self.jobs = jobs
         self.thumbnails = thumbnails

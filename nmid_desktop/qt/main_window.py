@@ -28,6 +28,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QTabWidget, QToolBar, QWidget
 
 from nmid_desktop.core.config import Settings
+from nmid_desktop.core.errors import LabelConflict, UndoConflict
 from nmid_desktop.core.images import SUPPORTED_SUFFIXES
 from nmid_desktop.core.jobs import Progress, mark_gui_thread
 from nmid_desktop.qt.context import ENGINE_LANE, AppContext
@@ -39,17 +40,30 @@ from nmid_desktop.workspace.engine import (
     Engine,
     EngineRef,
     LabelChange,
+    LabelRefused,
     LibraryStatus,
     OpenResult,
     QueryResult,
     build_demo,
     classifier_changed,
     open_engine,
+    refused,
 )
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_WAIT_S = 60.0
+JOB_WORDS = {
+    "open": "Opening images", "query": "Finding similar images", "prepare": "Preparing the classifier",
+    "rebuild": "Rebuilding the index", "label": "Saving a label", "lmm": "Asking the model",
+    "status": "Reading the library", "settings": "Applying the settings", "reload": "Loading the new encoder",
+    "batch": "The batch", "training": "Training", "export": "The export", "describe": "Describing",
+    "synthesize": "Generating images", "models": "Listing models", "classes": "Changing classes",
+    "endpoint": "Checking the endpoint", "demo": "Building the demo library",
+}
+
+# Closing waits this long for workers to reach a cancel point, then abandons the stuck
+# ones (a request to a server that does not answer): the window must close within 2 s.
+SHUTDOWN_WAIT_S = 1.5
 
 
 def local_files(mime: QMimeData) -> list[Path]:
@@ -80,7 +94,7 @@ class MainWindow(QMainWindow):
 
     def __init__(
         self,
-        library: Path,
+        library: Path | str,
         settings: Settings,
         *,
         demo: bool = False,
@@ -94,9 +108,10 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("nmid-desktop")
         self.setAcceptDrops(True)
         self.jobs = jobs or JobManager(self)
-        self.ctx = AppContext(Path(library), settings, self.jobs, ThumbnailCache())
+        self.ctx = AppContext(library, settings, self.jobs, ThumbnailCache())
         self._engine_ref = EngineRef()  # filled in the engine thread; off-lane jobs wait for it
         self._closing = False
+        self.shutdown_wait_s = SHUTDOWN_WAIT_S
         self.queue: list[int] = []
         self.position = -1
         self.current: QueryResult | None = None
@@ -105,6 +120,7 @@ class MainWindow(QMainWindow):
         self._last_drop_t: float | None = None
         self.last_drop_latency_s: float | None = None
         self.last_error: str | None = None  # the latest message shown to the user (tests read it)
+        self.last_conflict: str | None = None  # the latest refused change (a colleague's label won)
 
         self.page = ClassifyPage(self)
         self.tabs = QTabWidget(self)
@@ -113,6 +129,15 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
         self.status = StatusBar(self.jobs, self)
         self.setStatusBar(self.status)
+        from nmid_desktop.qt.log_bridge import LogBridge
+        from nmid_desktop.workspace.log_file import install_log_file
+
+        log_path = install_log_file()
+        self.log_path = str(log_path) if log_path is not None else ""
+        self.status.log_path = self.log_path
+        self._log_bridge = LogBridge(self)
+        self._log_bridge.warned.connect(self.status.add_warning)
+        self.jobs.job_ended.connect(self._on_jobs_job_ended)
         self._build_actions()
         self._build_panels()
         self._connect()
@@ -162,6 +187,8 @@ class MainWindow(QMainWindow):
                                      "Rebuild the nearest-neighbour index from the current labels")
         self.export_action = action("Export…", self._on_export_triggered, QKeySequence("Ctrl+E"),
                                     "Export the curated dataset (Ctrl+E)")
+        self.classes_action = action("Classes…", self._on_classes_triggered, None,
+                                     "Rename, merge or delete classes")
         self.settings_action = action("Settings…", self._on_settings_triggered, QKeySequence.StandardKey.Preferences,
                                       "Library, encoder, retrieval, endpoint and models")
         for act in (self.open_action, self.open_folder_action, self.paste_action):
@@ -173,7 +200,7 @@ class MainWindow(QMainWindow):
         for act in (self.prev_action, self.next_action, self.ask_action):
             bar.addAction(act)
         bar.addSeparator()
-        for act in (self.rebuild_action, self.export_action, self.settings_action):
+        for act in (self.rebuild_action, self.classes_action, self.export_action, self.settings_action):
             bar.addAction(act)
 
         # Enter and 1-9 are shortcuts, not actions: a focused text box keeps digits (it claims
@@ -217,6 +244,7 @@ class MainWindow(QMainWindow):
         self.training = TrainingPanel(self.ctx, self)
         self.tabs.addTab(self.training, "Training")
         self.training.trained.connect(self._on_training_trained)
+        self.training.encoder_chosen.connect(self._on_training_encoder_chosen)
         self.extra_panels: dict[str, QWidget] = {"description": self.description, "synthetic": self.synthetic}
 
     def _connect(self) -> None:
@@ -226,10 +254,12 @@ class MainWindow(QMainWindow):
         page.card.accept_requested.connect(self.accept)
         page.card.label_chosen.connect(self.set_label)
         page.card.model_requested.connect(self.ask_model)
+        page.card.model_cancel_requested.connect(self._on_card_model_cancel_requested)
         page.demos.label_clicked.connect(self.set_label)
         page.demos.image_activated.connect(self.show_image)
         page.contrast.levels_changed.connect(self._on_contrast_levels_changed)
         self.ctx.open_image_requested.connect(self._on_ctx_open_image_requested)
+        self.ctx.open_queue_requested.connect(self._on_ctx_open_queue_requested)
         self.ctx.status_changed.connect(self._on_ctx_status_changed)
         self.ctx.message.connect(lambda text: self.status.show_message(text, 8000))
         self.ctx.endpoint_changed.connect(self._on_ctx_endpoint_changed)
@@ -309,7 +339,8 @@ class MainWindow(QMainWindow):
         colors = self.ctx.class_colors
         if status.class_names != self.page.card.classes:
             self.page.card.set_classes(status.class_names, colors)
-        self.setWindowTitle(f"nmid-desktop — {status.root}")
+        # The location, never the URL as typed: a password in it is redacted.
+        self.setWindowTitle(f"nmid-desktop — {status.location or status.root}")
 
     def rebuild_index(self) -> JobHandle:
         """Rebuild the index in its own thread; queries go on using the old one meanwhile."""
@@ -381,9 +412,12 @@ class MainWindow(QMainWindow):
         self.current = result
         record = result.record
         self.page.title.setText(record.original_name or record.path.name)
-        self.page.card.set_current_label(record.label, record.label_source, record.review)
+        self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
         self.page.demos.set_demonstrations(result.tiles, self.ctx.class_names, self.ctx.class_colors)
         self.page.card.set_local(result.ranking, result.predictor, len(result.tiles))
+        if result.stored_answer is not None:
+            self.page.card.set_model(result.stored_answer, stored=True)  # paid once: shown, not asked again
+        self._show_suggestion()
         if self._last_drop_t is not None:
             self.last_drop_latency_s = time.perf_counter() - self._last_drop_t
             self._last_drop_t = None
@@ -423,10 +457,22 @@ class MainWindow(QMainWindow):
     def _on_ctx_open_image_requested(self, image_id: int) -> None:
         self.show_image(image_id)
 
+    def _on_ctx_open_queue_requested(self, ids: list[int], image_id: int) -> None:
+        self.queue = [int(i) for i in ids] or [image_id]
+        self.show_image(image_id)
+
     # -- labelling ---------------------------------------------------------------------------------
     def suggestion(self) -> tuple[str, str, str | None, float | None] | None:
-        """(label, source, model, confidence) that Enter would accept, or None."""
+        """(label, source, model, confidence) that Enter would accept, or None.
+
+        An image whose label awaits review offers that label (source ``"review"``: Enter
+        accepts it as it is); else the model's answer when it is the preferred predictor;
+        else the local prediction. The card's Accept button names the same label.
+        """
         card = self.page.card
+        record = self.current.record if self.current is not None else None
+        if record is not None and record.label and record.review == "pending":
+            return record.label, "review", record.label_model, record.label_confidence
         answer = card.model_answer
         prefer_model = self.ctx.settings.predictor in ("lmm", "both")
         if prefer_model and answer is not None and answer.valid and answer.label:
@@ -445,7 +491,27 @@ class MainWindow(QMainWindow):
             self.status.show_message("Nothing to accept yet: choose a class (1-9 or type its name).", 6000)
             return None
         label, source, model, confidence = suggestion
+        if source == "review":
+            return self._accept_pending()
         return self._write_label(label, source=source, model=model, confidence=confidence)
+
+    def _accept_pending(self) -> JobHandle | None:
+        image_id = self.current_id
+        if image_id is None:
+            return None
+        self._label_seq += 1
+        handle = self.jobs.start(
+            f"label-{self._label_seq}", lambda eng, token: eng.set_review(image_id, "accepted", actor=""),
+            lane=ENGINE_LANE,
+        )
+        handle.finished.connect(lambda change: self._on_label_changed(change, advance=True))
+        handle.failed.connect(lambda msg: self._error("The review was not saved", msg))
+        return handle
+
+    def _show_suggestion(self) -> None:
+        suggestion = self.suggestion()
+        self.page.card.set_accept_label(suggestion[0] if suggestion else None,
+                                        pending=bool(suggestion and suggestion[1] == "review"))
 
     def set_label(self, label: str) -> JobHandle | None:
         """Label the current image as ``label`` (a correction by the expert)."""
@@ -459,8 +525,15 @@ class MainWindow(QMainWindow):
             return None
         self._label_seq += 1
 
+        record = self.current.record if self.current is not None and self.current.image_id == image_id else None
+        expected = record.label_version if record is not None else None
+
         def factory(eng: Engine, token):  # noqa: ANN001, ANN202
-            return eng.set_label(image_id, label, source=source, model=model, confidence=confidence, actor="expert")
+            try:
+                return eng.set_label(image_id, label, source=source, model=model, confidence=confidence, actor="",
+                                     expected_version=expected)
+            except LabelConflict as exc:  # a colleague labelled it since we read it: tell, never overwrite
+                return refused(eng, exc)
 
         # A unique kind per write: label writes are never superseded, only queued in order.
         handle = self.jobs.start(f"label-{self._label_seq}", factory, lane=ENGINE_LANE)
@@ -478,14 +551,23 @@ class MainWindow(QMainWindow):
 
     def _history_step(self, which: str) -> JobHandle:
         self._label_seq += 1
-        handle = self.jobs.start(f"label-{self._label_seq}", lambda eng, token: getattr(eng, which)(), lane=ENGINE_LANE)
+        def factory(eng: Engine, token):  # noqa: ANN001, ANN202
+            try:
+                return getattr(eng, which)()
+            except UndoConflict as exc:  # a colleague overwrote that change since: refused, with their label
+                return refused(eng, exc)
+
+        handle = self.jobs.start(f"label-{self._label_seq}", factory, lane=ENGINE_LANE)
         handle.finished.connect(lambda change: self._on_label_changed(change, advance=False, which=which))
         handle.failed.connect(lambda msg: self._error(f"{which.capitalize()} failed", msg))
         return handle
 
-    def _on_label_changed(self, change: LabelChange | None, *, advance: bool, which: str = "set") -> None:
+    def _on_label_changed(self, change: LabelChange | LabelRefused | None, *, advance: bool, which: str = "set") -> None:
         if change is None:
             self.status.show_message(f"Nothing to {which}.", 4000)
+            return
+        if isinstance(change, LabelRefused):
+            self._on_label_refused(change)
             return
         record = change.record
         label = record.label or "no label"
@@ -494,22 +576,36 @@ class MainWindow(QMainWindow):
         self.refresh_status()
         self.ctx.labels_changed.emit()
         if change.image_id == self.current_id:
-            self.page.card.set_current_label(record.label, record.label_source, record.review)
+            self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
             if self.current is not None:
                 self.current = dataclasses.replace(self.current, record=record)
+                self._show_suggestion()
         elif change.action in ("undo", "redo"):
             # Show what was undone or redone, so the expert sees the change.
             self.show_image(change.image_id)
         if advance and change.image_id == self.current_id and self.position < len(self.queue) - 1:
             self.next_image()
 
+    def _on_label_refused(self, refusal: LabelRefused) -> None:
+        record = refusal.record
+        self.last_conflict = refusal.message
+        self.status.add_warning(f"Not changed: {refusal.message}")
+        self.refresh_status()
+        self.ctx.labels_changed.emit()
+        if refusal.image_id == self.current_id:
+            # Show the colleague's label: the next Enter or digit decides knowing it.
+            self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
+            if self.current is not None:
+                self.current = dataclasses.replace(self.current, record=record)
+                self._show_suggestion()
+
     # -- keys --------------------------------------------------------------------------------------
     def _on_enter(self) -> None:
         if self.tabs.currentWidget() is not self.page:
             return
-        box = self.page.card.class_box
-        if box.hasFocus() and box.text().strip():
-            self.page.card._on_class_box_return_pressed()
+        card = self.page.card
+        if card.class_box.hasFocus():
+            card.submit_class_box(create=False)  # an empty box accepts, and gives the keys back
             return
         self.accept()
 
@@ -588,7 +684,7 @@ class MainWindow(QMainWindow):
         def factory(eng: Engine, token):  # noqa: ANN001, ANN202
             def job():  # noqa: ANN202
                 report = yield from import_folder(
-                    eng.store, folder, max_pixels=settings.max_pixels, detect_bar=settings.crop_data_bar, actor="window"
+                    eng.store, folder, max_pixels=settings.max_pixels, detect_bar=settings.crop_data_bar, actor=""
                 )
                 ids = tuple(dict.fromkeys(int(i.image_id) for i in report.items if i.image_id is not None))
                 skipped = tuple(f"{Path(i.path).name}: {i.reason}" for i in report.items if i.image_id is None)
@@ -636,6 +732,8 @@ class MainWindow(QMainWindow):
         return self.ctx.endpoint_ok
 
     def _maybe_ask_model(self, result: QueryResult) -> None:
+        if result.stored_answer is not None:
+            return  # the stored answer is shown; Ask model asks again on purpose
         if self.ctx.endpoint_ok and self.ctx.settings.predictor in ("lmm", "both") and result.tiles:
             self.ask_model()
 
@@ -655,11 +753,24 @@ class MainWindow(QMainWindow):
         handle = self.jobs.start("lmm", lambda token: model_predict_job(library, settings, image_id, demos, token))
         handle.finished.connect(lambda answer: self._on_model_answer(image_id, answer))
         handle.failed.connect(lambda msg: self._on_model_failed(image_id, msg))
+        handle.cancelled.connect(lambda: self._on_model_cancelled(image_id, handle))
         return handle
+
+    def _on_card_model_cancel_requested(self) -> None:
+        # Ends the job's handle now: a request stuck on a silent server may take its whole
+        # timeout to notice the token, and its late answer must not reach the card.
+        if not self.jobs.cancel_now("lmm"):
+            self.page.card.set_model_cancelled()
+
+    def _on_model_cancelled(self, image_id: int, handle: JobHandle) -> None:
+        if image_id == self.current_id and not handle.superseded:
+            self.page.card.set_model_cancelled()
+            self.status.show_message("Model request cancelled.", 5000)
 
     def _on_model_answer(self, image_id: int, answer) -> None:  # noqa: ANN001
         if image_id == self.current_id:
             self.page.card.set_model(answer)
+            self._show_suggestion()
         self.refresh_status()  # spending changed
         self.ctx.labels_changed.emit()  # the review queue orders by disagreement
 
@@ -669,10 +780,12 @@ class MainWindow(QMainWindow):
 
     # -- dialogs -----------------------------------------------------------------------------------
     def _on_training_trained(self, result) -> None:  # noqa: ANN001
-        if self.training.use_check.isChecked():
-            # The library now names the new encoder: a fresh classifier re-embeds and rebuilds.
-            self.jobs.start("reload", lambda eng, token: eng.reload_classifier(), lane=ENGINE_LANE)
-            self.prepare_classifier()
+        self.refresh_status()  # the library's encoder is unchanged until the user adopts the new one
+
+    def _on_training_encoder_chosen(self, name: str) -> None:
+        # The library now names the new encoder: a fresh classifier re-embeds and rebuilds.
+        self.jobs.start("reload", lambda eng, token: eng.reload_classifier(), lane=ENGINE_LANE)
+        self.prepare_classifier()
         self.refresh_status()
 
     def _on_export_triggered(self) -> QWidget:
@@ -680,6 +793,14 @@ class MainWindow(QMainWindow):
 
         dialog = ExportDialog(self.ctx, self)
         dialog.open()  # window-modal without a nested event loop
+        return dialog
+
+    def _on_classes_triggered(self) -> QWidget:
+        from nmid_desktop.qt.widgets.classes_dialog import ClassesDialog
+
+        dialog = ClassesDialog(self.ctx, self)
+        dialog.changed.connect(lambda text: self.status.show_message(text, 6000))
+        dialog.open()
         return dialog
 
     def _on_settings_triggered(self) -> QWidget:
@@ -694,7 +815,9 @@ class MainWindow(QMainWindow):
         """Use new settings (already saved): a new library reopens everything."""
         old = self.ctx.settings
         self.ctx.settings = settings
-        new_library = Path(settings.library) if settings.library else self.ctx.library
+        from nmid_desktop.workspace.library import as_location
+
+        new_library = as_location(settings.library) if settings.library else self.ctx.library
         if new_library != self.ctx.library:
             self.ctx.library = new_library
             self.queue, self.position, self.current, self.current_id = [], -1, None, None
@@ -703,6 +826,12 @@ class MainWindow(QMainWindow):
             self._start_engine(demo=False)
             self.ctx.library_changed.emit(new_library)
         else:
+            if settings.encoder and settings.encoder != old.encoder:
+                # A library's recorded encoder wins over the settings': the choice made here is
+                # recorded in the library, so a replaced encoder can be chosen again.
+                name = settings.encoder
+                handle = self.jobs.start("use-encoder", lambda eng, token: eng.use_encoder(name), lane=ENGINE_LANE)
+                handle.failed.connect(lambda msg: self._error("The encoder was not changed", msg))
             self.jobs.start("settings", lambda eng, token: eng.update_settings(settings), lane=ENGINE_LANE)
             if classifier_changed(old, settings):
                 self.prepare_classifier()
@@ -710,11 +839,17 @@ class MainWindow(QMainWindow):
         self.refresh_status()
         self.check_endpoint()
 
+    def _on_jobs_job_ended(self, handle: JobHandle) -> None:
+        # Every failed job reaches the user in words, also those no panel reports itself
+        # (status, settings, reload...); its traceback is in the log file.
+        if handle.outcome == "failed" and not self._closing:
+            self.status.add_warning(f"{JOB_WORDS.get(handle.kind.split('-')[0], handle.kind)} failed: {handle.error}")
+
     def _error(self, title: str, message: str) -> None:
-        log.warning("%s: %s", title, message)
         self.status.show_message(f"{title}: {message}", 15000)
         if not self._closing and self.isVisible() and QGuiApplication.platformName() != "offscreen":
-            QMessageBox.warning(self, title, message)
+            where = f"\n\nDetails are in {self.log_path}" if self.log_path else ""
+            QMessageBox.warning(self, title, message + where)
         self.last_error = f"{title}: {message}"
 
     # -- geometry and closing ------------------------------------------------------------------------
@@ -730,7 +865,11 @@ class MainWindow(QMainWindow):
             self.page.splitter.restoreState(splitter)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
-        """Cancel every job and wait for every worker before the window goes."""
+        """Cancel every job and wait briefly for the workers before the window goes.
+
+        A worker still stuck after ``shutdown_wait_s`` is abandoned (see
+        :func:`nmid_desktop.qt.workers.exit_process`); the window never waits for it.
+        """
         self._closing = True
         qs = QSettings()
         qs.setValue("window/geometry", self.saveGeometry())
@@ -740,7 +879,8 @@ class MainWindow(QMainWindow):
             if callable(stop):
                 stop()
         self.browser.shutdown()
+        self._log_bridge.close()
         self.status.show_message("Stopping background work…")
-        self.jobs.shutdown(timeout_s=SHUTDOWN_WAIT_S)
+        self.jobs.shutdown(timeout_s=self.shutdown_wait_s)
         mark_gui_thread(active=False)
         super().closeEvent(event)

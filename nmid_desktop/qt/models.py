@@ -50,8 +50,10 @@ class LibraryModel(QAbstractListModel):
         super().__init__(parent)
         self._rows: list[BrowserRow] = []
         self._row_of: dict[int, int] = {}
-        self._pixmaps: OrderedDict[int, QPixmap] = OrderedDict()
-        self._unreadable: set[int] = set()
+        # Keyed by content (sha256, page), never by image id: ids repeat across libraries, and
+        # after switching library the same id is another image.
+        self._pixmaps: OrderedDict[tuple[str, int], QPixmap] = OrderedDict()
+        self._unreadable: set[tuple[str, int]] = set()
         self._pending: dict[int, ThumbRequest] = {}
         self._requested: set[int] = set()
         self._requests = requests
@@ -117,7 +119,8 @@ class LibraryModel(QAbstractListModel):
             source = SOURCE_NAMES.get(row.source or "", row.source or "")
             lines = [f"{row.name}  (image {row.image_id})", f"label: {row.label or '—'}"]
             if row.label:
-                lines.append(f"set by: {source} · {row.review}")
+                who = f" ({row.actor})" if row.actor else ""
+                lines.append(f"set by: {source}{who} · {row.review}")
             if row.synthetic:
                 lines.append("synthetic image")
             if row.note:
@@ -137,11 +140,12 @@ class LibraryModel(QAbstractListModel):
 
     # -- thumbnails -----------------------------------------------------------------------------------
     def _pixmap_for(self, row: BrowserRow) -> QPixmap:
-        pixmap = self._pixmaps.get(row.image_id)
+        key = (row.sha256, row.page)
+        pixmap = self._pixmaps.get(key)
         if pixmap is not None:
-            self._pixmaps.move_to_end(row.image_id)
+            self._pixmaps.move_to_end(key)
             return pixmap
-        if row.image_id in self._unreadable:
+        if key in self._unreadable:
             return self._broken
         if row.image_id not in self._requested:
             self._requested.add(row.image_id)
@@ -169,20 +173,23 @@ class LibraryModel(QAbstractListModel):
         self._requested.clear()
         self._requests.clear()
 
-    def add_thumbnails(self, items: Sequence[tuple[int, int, np.ndarray | None]]) -> None:
+    def add_thumbnails(self, items: Sequence[tuple[ThumbRequest, np.ndarray | None]]) -> None:
         """Thumbnails made by the worker: convert to pixmaps (GUI thread) and repaint their rows."""
         changed: list[int] = []
-        for image_id, size, thumb in items:
-            if size != self.thumb_size:
+        for request, thumb in items:
+            if request.size != self.thumb_size:
                 continue
-            self._requested.discard(image_id)
+            key = (request.sha256, request.page)
+            row = self._row_of.get(request.image_id)
+            current = row is not None and (self._rows[row].sha256, self._rows[row].page) == key
+            if current:
+                self._requested.discard(request.image_id)
             if thumb is None:
-                self._unreadable.add(image_id)
+                self._unreadable.add(key)
             else:
-                self._pixmaps[image_id] = gray_pixmap(thumb)
-                self._pixmaps.move_to_end(image_id)
-            row = self._row_of.get(image_id)
-            if row is not None:
+                self._pixmaps[key] = gray_pixmap(thumb)
+                self._pixmaps.move_to_end(key)
+            if current and row is not None:
                 changed.append(row)
         while len(self._pixmaps) > self._cache_items:
             self._pixmaps.popitem(last=False)

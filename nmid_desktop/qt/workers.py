@@ -20,8 +20,12 @@ Rules kept here (house style, after Orange's ``ConcurrentMixin`` and napari):
   widgets; the handle's signals are emitted in the GUI thread, so slots
   connected to them may touch widgets.
 * An exception in a job becomes a message on ``failed``; the thread still ends.
-* Shutdown cancels every job and waits for every thread. ``QThread.terminate``
-  is never used: a job stops at its next cancel point.
+* Shutdown cancels every job and waits a short while for every thread.
+  ``QThread.terminate`` is never used: a job stops at its next cancel point. A
+  thread still stuck after the wait (a request to a server that never answers)
+  is *abandoned*: kept referenced here for the rest of the process, because Qt
+  aborts the process when a running QThread object is destroyed, and
+  :func:`exit_process` ends the process without joining it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 import queue
+import sys
 import time
 import traceback
 from collections.abc import Callable, Generator
@@ -49,6 +55,34 @@ PROGRESS_INTERVAL_S = 0.05
 
 Factory = Callable[..., Any]
 
+# Threads that did not end within a shutdown's wait. Never released: destroying a
+# running QThread aborts the process (``QThread: Destroyed while thread is still running``).
+_ABANDONED: list[_WorkerThread] = []
+
+
+def abandoned_threads() -> int:
+    """How many threads given up by a shutdown are still running."""
+    return sum(1 for thread in _ABANDONED if thread.isRunning())
+
+
+def exit_process(code: int) -> None:
+    """End the process with ``code`` now when abandoned threads still run; else return.
+
+    Python's normal exit would destroy those threads' QThread objects while they run,
+    which aborts the process; their work is a request whose answer nobody waits for
+    (every write is transactional, so nothing half-done is left behind).
+    """
+    if not abandoned_threads():
+        return
+    log.info("exiting without joining %d stuck worker thread(s)", abandoned_threads())
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed stream has nothing left to flush
+            pass
+    os._exit(code)
+
 
 def freeze_heap() -> None:
     """Exclude every object alive now from Python's cyclic garbage collector.
@@ -65,11 +99,16 @@ def freeze_heap() -> None:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A one-line message for the user: NmidError text as is, anything else with its type."""
+    """A one-line message for the user: NmidError text as is, anything else with its type.
+
+    An exception that is not one of ours is a bug or an answer nobody foresaw (an HTML
+    page where JSON was due): the message says so and points at the log file, which
+    holds the traceback.
+    """
     if isinstance(exc, NmidError):
         return str(exc)
     text = str(exc).strip() or "no details"
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {text} (unexpected: the traceback is in the log file)"
 
 
 class JobHandle(QObject):
@@ -346,6 +385,24 @@ class JobManager(QObject):
             if handle.kind == kind:
                 handle.cancel()
 
+    def cancel_now(self, kind: str) -> bool:
+        """Cancel the running job of that kind and report it ``cancelled`` at once.
+
+        For work stuck where no cancel point is near (a request to a server that
+        does not answer): the handle ends now, the thread goes on until its call
+        returns, and whatever it reports then is dropped.
+
+        Returns:
+            True when a running job was ended.
+        """
+        ended = False
+        for job_id, handle in list(self._handles.items()):
+            if handle.kind == kind:
+                handle.cancel()
+                self._on_relay_outcome(job_id, "cancelled", None)
+                ended = True
+        return ended
+
     def cancel_all(self) -> None:
         """Cancel every running job (returns at once)."""
         for handle in list(self._handles.values()):
@@ -364,9 +421,11 @@ class JobManager(QObject):
         """Cancel everything, stop the lanes and wait for every thread.
 
         Reports still queued are delivered while waiting, so handles end cleanly.
+        Threads still running when the time is up are abandoned (see
+        :func:`exit_process`); their handles report ``cancelled`` at once.
 
         Args:
-            timeout_s: Give up waiting after this long (None: wait until done).
+            timeout_s: Give up waiting after this long in all (None: wait until done).
 
         Returns:
             True when every thread has ended.
@@ -378,15 +437,28 @@ class JobManager(QObject):
         self._lanes.clear()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for thread in list(self._threads):
-            while not thread.wait(50):
-                QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            while not thread.wait(20):
+                QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
                 if deadline is not None and time.monotonic() > deadline:
-                    log.warning("thread %s still running after %.1f s", thread.objectName(), timeout_s)
+                    self._abandon_running(timeout_s or 0.0)
                     return False
         QCoreApplication.processEvents()
         for thread in list(self._threads):
             self._forget_thread(thread)
         return True
+
+    def _abandon_running(self, waited_s: float) -> None:
+        stuck = [t for t in self._threads if t.isRunning()]
+        names = ", ".join(t.objectName() for t in stuck)
+        log.warning("%d worker thread(s) still running after %.1f s, abandoned: %s", len(stuck), waited_s, names)
+        for thread in list(self._threads):
+            if thread.isRunning():
+                _ABANDONED.append(thread)
+            else:
+                thread.wait()
+            self._threads.discard(thread)
+        for job_id in list(self._handles):
+            self._on_relay_outcome(job_id, "cancelled", None)
 
     # -- relay slots (GUI thread) ----------------------------------------------------
     @Slot(int, object)

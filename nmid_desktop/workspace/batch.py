@@ -122,7 +122,10 @@ def batch_job(
         ids = list(dict.fromkeys(int(i.image_id) for i in report.items if i.image_id is not None))
         if not ids:
             raise NmidError(f"no images to classify in {folder} ({report.summary()})")
-        classifier = Classifier(store, settings, encoder=encoder)
+        from nmid_desktop.workspace.engine import DEMOS_INCLUDE_PENDING
+
+        # Pending labels (this batch's own among them) never vote for the next image.
+        classifier = Classifier(store, settings, encoder=encoder, include_pending=DEMOS_INCLUDE_PENDING)
         yield Progress(0, len(ids), "loading the encoder")
         yield from classifier.prepare()
         n = len(ids)

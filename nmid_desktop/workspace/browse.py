@@ -32,6 +32,7 @@ class BrowserRow:
         path: Where its pixels are.
         crop_box: The micrograph proper.
         note: Why it is where it is in a review queue ("margin 0.03", "model says X").
+        actor: Who set the label (a colleague's name on a shared library), "" when unknown.
     """
 
     image_id: int
@@ -45,6 +46,7 @@ class BrowserRow:
     path: Path
     crop_box: tuple[int, int, int, int] | None
     note: str = ""
+    actor: str = ""
 
 
 SOURCES = ("import", "expert", "local", "lmm", "synthetic")
@@ -76,6 +78,7 @@ def _row(record: ImageRecord, note: str = "") -> BrowserRow:
         path=record.path,
         crop_box=record.crop_box,
         note=note,
+        actor=record.label_actor or "",
     )
 
 

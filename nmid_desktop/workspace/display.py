@@ -336,8 +336,10 @@ def thumbnail_loader(
     """Serve thumbnail requests until cancelled; yields batches as ``data``.
 
     Yields:
-        ``Progress(done, 0, data=[(image_id, size, thumb or None), ...])``; None marks
-        an image that cannot be read (the view shows a placeholder).
+        ``Progress(done, 0, data=[(request, thumb or None), ...])``; None marks an image
+        that cannot be read (the view shows a placeholder). The request says which
+        content (sha256, page) the thumbnail shows, so a view never pins it on another
+        library's image of the same id.
 
     Returns:
         How many thumbnails were served.
@@ -347,7 +349,7 @@ def thumbnail_loader(
         todo = requests.take(batch, timeout=0.1)
         if not todo:
             continue  # idle: the loop condition checks the token every 0.1 s, no report needed
-        out: list[tuple[int, int, np.ndarray | None]] = []
+        out: list[tuple[ThumbRequest, np.ndarray | None]] = []
         for request in todo:
             if token.cancelled:
                 break
@@ -356,7 +358,7 @@ def thumbnail_loader(
             except ImageError as exc:
                 log.info("no thumbnail for image %s: %s", request.image_id, exc)
                 thumb = None
-            out.append((request.image_id, request.size, thumb))
+            out.append((request, thumb))
         served += len(out)
         yield Progress(served, 0, data=out)
     return served

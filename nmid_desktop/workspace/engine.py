@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nmid_desktop.core.config import Settings
-from nmid_desktop.core.errors import LibraryError, NmidError
+from nmid_desktop.core.errors import LabelConflict, LibraryError, NmidError, UndoConflict
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
 from nmid_desktop.inference.protocol import ImageEncoder
-from nmid_desktop.workspace.display import DemoTile, ImagePayload, ThumbnailCache, load_image
+from nmid_desktop.workspace.display import DemoTile, ImagePayload, ModelAnswer, ThumbnailCache, load_image
 
 if TYPE_CHECKING:
     from nmid_desktop.predict.service import Classifier
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMO_THUMB_SIZE = 160
+
+
+DEMOS_INCLUDE_PENDING = False  # the window's and the batch's demonstrations: accepted labels only
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class LibraryStatus:
         index_state: A short phrase: "ready", "building", "stale: N new labels" ...
         api_cost_usd: API spending recorded in this library.
         labels_version: ``store.labels_version()``.
+        location: The library for people: its folder, or its URL with the password redacted.
     """
 
     root: Path
@@ -71,6 +75,7 @@ class LibraryStatus:
     index_state: str = ""
     api_cost_usd: float = 0.0
     labels_version: int = 0
+    location: str = ""
 
     @property
     def class_names(self) -> list[str]:
@@ -90,6 +95,8 @@ class QueryResult:
         predictor: ``knn`` or ``logreg``.
         demo_ids: Ids of the demonstrations (for the model prompt).
         timings: Seconds per stage (embed, search, predict, thumbnails).
+        stored_answer: The model's newest stored answer for this image (paid for once: shown
+            again on reopening instead of asking again), or None.
     """
 
     image_id: int
@@ -99,6 +106,7 @@ class QueryResult:
     predictor: str
     demo_ids: tuple[int, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    stored_answer: ModelAnswer | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,26 @@ class OpenResult:
     image_ids: tuple[int, ...]
     summary: str
     skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelRefused:
+    """A label change, undo or redo refused because a colleague changed the image meanwhile.
+
+    Attributes:
+        image_id: The image.
+        message: Says who set which label (from ``LabelConflict`` / ``UndoConflict``).
+        record: The image as it is now (their label).
+    """
+
+    image_id: int
+    message: str
+    record: ImageRecord
+
+
+def refused(engine: Engine, exc: LabelConflict | UndoConflict) -> LabelRefused:
+    """The refusal as plain data for the window (the image re-read, with the colleague's label)."""
+    return LabelRefused(exc.image_id, str(exc), engine.store.get_image(exc.image_id))
 
 
 @dataclass(frozen=True)
@@ -136,14 +164,18 @@ class Engine:
 
     def __init__(
         self,
-        library: Path,
+        library: Path | str,
         settings: Settings,
         thumbnails: ThumbnailCache | None = None,
         encoder: ImageEncoder | None = None,
     ) -> None:
-        self.library = Path(library)
+        from nmid_desktop.workspace.library import as_location
+
+        self.library = as_location(library)  # a folder, or a shared library's postgresql:// URL
         self.settings = settings
-        self.store: Store = open_library(self.library)
+        # A shared library's images live in this PC's mount of the lab folder, named in the settings.
+        shared = Path(settings.shared_folder) if settings.shared_folder else None
+        self.store: Store = open_library(self.library, shared_folder=shared, user=settings.user or None)
         self.thumbnails = thumbnails or ThumbnailCache()
         self._encoder = encoder  # a loaded Encoder to share (tests, benchmarks); None: the library's
         self._lock = threading.Lock()
@@ -152,7 +184,9 @@ class Engine:
     def _new_classifier(self) -> Classifier:
         from nmid_desktop.predict.service import Classifier
 
-        return Classifier(self.store, self.settings, encoder=self._encoder)
+        # Only accepted labels teach: a batch's pending predictions (and the model's) are not
+        # demonstrations until someone accepts them, so one mistake cannot teach the next query.
+        return Classifier(self.store, self.settings, encoder=self._encoder, include_pending=DEMOS_INCLUDE_PENDING)
 
     def close(self) -> None:
         """Release the store (called in the engine thread when the lane stops)."""
@@ -175,6 +209,13 @@ class Engine:
                 self._classifier = self._new_classifier()
             else:
                 self._classifier.settings = settings
+
+    def use_encoder(self, name: str) -> None:
+        """Record ``name`` as the library's encoder (it wins over the settings' choice), then start over."""
+        from nmid_desktop.ml.encoders import set_library_encoder
+
+        set_library_encoder(self.store, name)
+        self.reload_classifier()
 
     def reload_classifier(self) -> None:
         """Start over with a fresh classifier (e.g. after training a new encoder)."""
@@ -213,7 +254,8 @@ class Engine:
         else:
             index_state = "not loaded"
         return LibraryStatus(
-            root=self.library,
+            root=store.root,
+            location=store.location,
             n_images=n_images,
             n_labelled=n_labelled - n_rejected,
             n_pending=n_pending,
@@ -238,7 +280,7 @@ class Engine:
             [Path(p) for p in paths],
             max_pixels=self.settings.max_pixels,
             detect_bar=self.settings.crop_data_bar,
-            actor="window",
+            actor="",  # the store records its user (settings name, else the OS login)
         )
         ids: list[int] = []
         skipped: list[str] = []
@@ -307,6 +349,7 @@ class Engine:
             predictor=settings.local_predictor,
             demo_ids=tuple(int(d.image_id) for d in demos),
             timings=timings,
+            stored_answer=stored_answer(self.store, image_id),
         )
 
     def _tile(self, demo: Any) -> DemoTile:
@@ -339,10 +382,17 @@ class Engine:
         model: str | None = None,
         confidence: float | None = None,
         actor: str = "",
+        expected_version: int | None = None,
     ) -> LabelChange:
-        """Accept or correct a label (always ``accepted``: an expert decided), then tell the classifier."""
+        """Accept or correct a label (always ``accepted``: an expert decided), then tell the classifier.
+
+        Args:
+            expected_version: The image's ``label_version`` as the user saw it: a colleague's
+                change since then refuses this one (``LabelConflict``) instead of overwriting it.
+        """
         event = self.store.set_label(
-            image_id, label, source=source, actor=actor, model=model, confidence=confidence, review="accepted"
+            image_id, label, source=source, actor=actor, model=model, confidence=confidence, review="accepted",
+            expected_version=expected_version,
         )
         self._notify([image_id])
         return LabelChange(image_id, self.store.get_image(image_id), event, "set")
@@ -369,14 +419,61 @@ class Engine:
         self._notify([event.image_id])
         return LabelChange(event.image_id, self.store.get_image(event.image_id), event, "redo")
 
+    def change_class(self, action: str, name: str, other: str = "", actor: str = "") -> str:
+        """Rename, merge or delete a class, as ``nmid classes`` does; the classifier follows.
+
+        Args:
+            action: ``"rename"`` (to ``other``), ``"merge"`` (into ``other``) or ``"delete"`` (empty only).
+            name: The class to change.
+            other: The new name, or the class to merge into.
+            actor: Who made the change.
+
+        Returns:
+            A line saying what was done.
+
+        Raises:
+            LabelError: Unknown class, a name taken, or a class still in use for delete.
+        """
+        store = self.store
+        if action == "rename":
+            record = store.rename_class(name, other)
+            done, label = f"Renamed class {name!r} to {record.name!r}", record.name
+        elif action == "merge":
+            n = store.merge_classes(name, other, actor=actor)
+            done, label = f"Merged class {name!r} into {other!r} ({n} image(s) relabelled)", other
+        elif action == "delete":
+            store.delete_class(name)
+            return f"Deleted the empty class {name!r}"
+        else:
+            raise ValueError(f"unknown class action {action!r}")
+        self._notify([r.id for r in store.iter_images(ImageFilter(label=label))])
+        return done
+
     def _notify(self, ids: list[int]) -> None:
         classifier = self.classifier
         if classifier.ready:
             classifier.notify_labelled(ids)
 
 
+def stored_answer(store: Store, image_id: int) -> ModelAnswer | None:
+    """The model's newest stored answer for an image, as the card shows it (None when never asked)."""
+    latest = next((p for p in store.predictions(image_id) if p.predictor == "lmm"), None)
+    if latest is None:
+        return None
+    return ModelAnswer(
+        model=latest.model or "",
+        label=latest.label,
+        confidence=latest.confidence,
+        rationale=latest.rationale,
+        ranking=tuple(label for label, _ in latest.ranking),
+        valid=latest.valid,
+        reason=latest.reason,
+        cost_usd=latest.cost_usd,
+    )
+
+
 def open_engine(
-    library: Path, settings: Settings, thumbnails: ThumbnailCache | None = None, encoder: ImageEncoder | None = None
+    library: Path | str, settings: Settings, thumbnails: ThumbnailCache | None = None, encoder: ImageEncoder | None = None
 ) -> Engine:
     """The engine lane's context factory (runs in the lane's thread)."""
     try:

@@ -38,8 +38,12 @@ def resolve_library(library: Path | str | None, settings: Settings | None = None
     return _location(settings.library) if settings.library else default_library_dir()
 
 
-def _location(chosen: Path | str) -> Path | str:
+def as_location(chosen: Path | str) -> Path | str:
+    """A library as named by the user: a ``postgresql://`` URL stays text, anything else is a folder."""
     return str(chosen) if is_pg_url(str(chosen)) else Path(chosen)
+
+
+_location = as_location
 
 
 def fill_demo(

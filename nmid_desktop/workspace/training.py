@@ -117,3 +117,83 @@ def training_job(library: Path, request: TrainingRequest, token: CancelToken | N
         if request.use_when_done:
             set_library_encoder(store, result.name)
     return result
+
+
+@dataclass(frozen=True)
+class EncoderComparison:
+    """The current and a newly trained encoder, evaluated alike on the library's accepted labels.
+
+    Attributes:
+        current: The library's encoder now.
+        current_top1: Its kNN top-1 accuracy (K=5, most similar demonstrations, k-fold).
+        trained: The trained encoder.
+        trained_top1: Its top-1 accuracy, measured the same way on the same folds.
+        n_images: Accepted, non-synthetic labelled images evaluated.
+        folds: Stratified folds.
+    """
+
+    current: str
+    current_top1: float
+    trained: str
+    trained_top1: float
+    n_images: int
+    folds: int
+
+    @property
+    def better(self) -> bool:
+        """Whether the trained encoder scored strictly higher."""
+        return self.trained_top1 > self.current_top1
+
+    def summary(self) -> str:
+        """Both figures in one line."""
+        return (
+            f"kNN top-1 on {self.n_images} accepted labels ({self.folds}-fold): current {self.current} "
+            f"{self.current_top1:.1%}, trained {self.trained} {self.trained_top1:.1%}"
+        )
+
+
+def compare_encoders_job(
+    library: Path, trained: str, token: CancelToken | None = None, *, current: str | None = None, folds: int = 3
+) -> Job[EncoderComparison]:
+    """Evaluate the library's encoder and a trained one alike, so a worse one is never adopted blindly.
+
+    Raises:
+        LabelError: Fewer than two classes of accepted labels to evaluate on.
+    """
+    from nmid_desktop.core.errors import Cancelled
+    from nmid_desktop.evaluation.runner import EvalOptions, evaluate
+    from nmid_desktop.ml.encoders import resolve_encoder_name
+
+    with open_library(library, create=False) as store:
+        current = current or resolve_encoder_name(store)
+        options = EvalOptions(encoders=(current, trained), predictors=("knn",), strategies=("similarity",),
+                              ks=(5,), split="kfold", folds=folds)
+        job = evaluate(store, options)
+        while True:
+            if token is not None and token.cancelled:
+                job.close()
+                raise Cancelled()
+            try:
+                progress = next(job)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield progress
+    return EncoderComparison(
+        current=current,
+        current_top1=float(result.best(encoder=current).metrics.top1),
+        trained=trained,
+        trained_top1=float(result.best(encoder=trained).metrics.top1),
+        n_images=int(result.n_images),
+        folds=int(result.n_folds),
+    )
+
+
+def use_encoder(library: Path, name: str) -> str:
+    """Make ``name`` the library's encoder (the previous one stays on offer in Settings); returns the previous."""
+    from nmid_desktop.ml.encoders import resolve_encoder_name, set_library_encoder
+
+    with open_library(library, create=False) as store:
+        previous = resolve_encoder_name(store)
+        set_library_encoder(store, name)
+    return previous

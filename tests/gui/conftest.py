@@ -157,6 +157,7 @@ def make_window(qtbot, shared_encoder):  # noqa: ANN001, ANN201
 
     def make(library: Path, settings: Settings | None = None, **kwargs):  # noqa: ANN003, ANN202
         window = MainWindow(library, settings or Settings(), encoder=shared_encoder, **kwargs)
+        window.shutdown_wait_s = 120.0  # the teardown below asserts every thread ended: let slow ones end
         windows.append(window)
         window.resize(1400, 900)
         window.show()

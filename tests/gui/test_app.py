@@ -39,7 +39,10 @@ def test_library_resolution(tmp_path: Path):
     assert resolve_library(None, settings, demo=False) == tmp_path / "lab"
 
 
-def test_run_app_shows_the_window_and_returns_when_it_closes(qapp, tmp_path: Path):
+def test_run_app_shows_the_window_and_returns_when_it_closes(qapp, tmp_path: Path, monkeypatch):
+    # Closed 0.3 s after start, the encoder may still be loading: wait for it here, because this
+    # test asserts that every thread ended (closing for real abandons it after 1.5 s).
+    monkeypatch.setattr("nmid_desktop.qt.main_window.SHUTDOWN_WAIT_S", 120.0)
     seen: list[MainWindow] = []
 
     def close_it() -> None:

@@ -103,20 +103,21 @@ def test_type_ahead_box_and_demonstration_label_click(make_window, library: Path
     assert record(library, image_id).label == "nanowires"
     assert box.text() == ""
 
-    # Digits typed into the box are text, not labels.
-    qtbot.keyClicks(box, "3")
-    assert box.text() == "3"
-    box.clear()
+    # Digits typed after text in the box are text, not labels.
+    box.setFocus()
+    qtbot.keyClicks(box, "a3")
+    assert box.text() == "a3"
+    qtbot.keyClick(box, Qt.Key.Key_Escape)
 
     tile = window.page.demos.tiles[0]
     qtbot.mouseClick(tile.label_button, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, window)
     assert record(library, image_id).label == tile.tile.label
 
-    # A new class name typed in the box is created.
+    # A new class name typed in the box is created with Ctrl+Enter.
     box.setFocus()
     qtbot.keyClicks(box, "sponge-like")
-    qtbot.keyClick(box, Qt.Key.Key_Return)
+    qtbot.keyClick(box, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     wait_idle(qtbot, window)
     assert record(library, image_id).label == "sponge-like"
     qtbot.waitUntil(lambda: "sponge-like" in window.page.card.classes, timeout=30_000)
@@ -138,7 +139,7 @@ def test_first_run_on_an_empty_library(make_window, tmp_path: Path, query_images
     box = window.page.card.class_box
     box.setFocus()
     qtbot.keyClicks(box, "fibres")
-    qtbot.keyClick(box, Qt.Key.Key_Return)
+    qtbot.keyClick(box, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
     wait_idle(qtbot, window)
     assert record(library, window.current_id).label == "fibres"
     qtbot.waitUntil(lambda: window.page.card.classes == ["fibres"], timeout=30_000)

@@ -52,9 +52,12 @@ def test_filters_review_queue_thumbnails_and_open(make_window, library: Path, qu
 
     # Double-click opens the image for labelling.
     index = browser.model.index(1)
-    browser.view.doubleClicked.emit(index)
+    where = browser.view.visualRect(index).center()
+    qtbot.mouseClick(browser.view.viewport(), Qt.MouseButton.LeftButton, pos=where)  # a real double-click's first press
+    qtbot.mouseDClick(browser.view.viewport(), Qt.MouseButton.LeftButton, pos=where)
     wait_shown(qtbot, window, rows[1].name)
     assert window.tabs.currentWidget() is window.page
+    assert window.queue == [r.image_id for r in rows] and window.position == 1  # the list is the queue
 
 
 def test_twenty_thousand_rows_load_fast_and_request_only_visible_thumbnails(qtbot):

@@ -306,6 +306,22 @@ def test_rename_merge_and_undo_of_a_merge(store: Store, src: Path) -> None:
         store.merge_classes("particles", "particles")
 
 
+def test_delete_class_only_when_no_image_carries_it(store: Store, src: Path) -> None:
+    (image_id,) = _add(store, src, 1)
+    store.add_class("empty")
+    store.set_label(image_id, "used", source="expert")
+    store.set_review(image_id, "rejected")  # a rejected image still carries its class
+    version = store.labels_version()
+    store.delete_class("empty")
+    assert store.labels_version() > version
+    assert [c.name for c in store.classes()] == ["used"]
+    with pytest.raises(LabelError, match="still labels 1 image"):
+        store.delete_class("used")
+    with pytest.raises(LabelError, match="no class"):
+        store.delete_class("empty")
+    assert store.get_image(image_id).label == "used"
+
+
 def test_labels_version_grows_with_every_label_change(store: Store, src: Path) -> None:
     (image_id,) = _add(store, src, 1)
     seen = [store.labels_version()]

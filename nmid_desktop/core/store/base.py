@@ -273,6 +273,14 @@ class Store(abc.ABC):
             The number of images relabelled.
         """
 
+    @abc.abstractmethod
+    def delete_class(self, name: str) -> None:
+        """Remove a class that no image carries (rejected ones included).
+
+        Raises:
+            LabelError: No such class, or images still carry it (merge it instead).
+        """
+
     # -- labels and history -------------------------------------------------------------
     @abc.abstractmethod
     def set_label(

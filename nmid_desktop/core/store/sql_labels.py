@@ -77,6 +77,17 @@ class LabelsMixin(SqlBase):
             )
             return self._class_record(row["id"])
 
+    def delete_class(self, name: str) -> None:
+        with self.transaction():
+            row = self._require_class(name)
+            n = int(self._q("SELECT COUNT(*) FROM images WHERE class_id = ?", (row["id"],)).fetchone()[0])
+            if n:
+                raise LabelError(
+                    f"class {row['name']!r} still labels {n} image(s): merge it into another class, or relabel them first"
+                )
+            self._bump()
+            self._q("DELETE FROM classes WHERE id = ?", (row["id"],))
+
     def merge_classes(self, source: str, target: str, actor: str = "") -> int:
         token = uuid.uuid4().hex
         return self._write(lambda: self._merge_classes(source, target, actor, token))

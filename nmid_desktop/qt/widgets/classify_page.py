@@ -58,6 +58,8 @@ class ClassifyPage(QWidget):
             head.addWidget(button)
         left_layout.addLayout(head)
         self.viewer = ImageViewer(left)
+        # A click on the image takes the keyboard from the class box (digits, Enter, Ctrl+Z label again).
+        self.viewer.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         left_layout.addWidget(self.viewer, 1)
         tools = QHBoxLayout()
         self.fit_button = QToolButton(left)

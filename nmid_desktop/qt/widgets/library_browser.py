@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer
@@ -80,8 +81,10 @@ class LibraryBrowser(QWidget):
         self.view.setSelectionMode(QListView.SelectionMode.ExtendedSelection)
         self.view.setDragEnabled(False)
         self.view.setAcceptDrops(False)
-        self.view.doubleClicked.connect(self._on_view_double_clicked)
-        self.view.activated.connect(self._on_view_double_clicked)
+        # Double-click or Enter. A double-click may emit both signals: the second is dropped.
+        self.view.doubleClicked.connect(self._on_view_activated)
+        self.view.activated.connect(self._on_view_activated)
+        self._last_open: tuple[int, float] | None = None
         self.view.verticalScrollBar().valueChanged.connect(self._on_scrolled)
 
         layout = QVBoxLayout(self)
@@ -212,10 +215,18 @@ class LibraryBrowser(QWidget):
         if self._dirty:
             self.refresh()
 
-    def _on_view_double_clicked(self, index) -> None:  # noqa: ANN001
+    def _on_view_activated(self, index) -> None:  # noqa: ANN001
         image_id = index.data(ImageIdRole)
+        now = time.monotonic()
+        if image_id is not None and self._last_open is not None and self._last_open[0] == image_id:
+            if now - self._last_open[1] < 0.5:
+                return
         if image_id is not None:
-            self.ctx.open_image_requested.emit(int(image_id))
+            self._last_open = (int(image_id), now)
+            # The list as shown is the queue: Enter or a digit on the Classify page decides
+            # and moves to the next image in this order (a review queue is worked this way).
+            ids = [row.image_id for row in self.model.rows()]
+            self.ctx.open_queue_requested.emit(ids, int(image_id))
 
     def selected_ids(self) -> list[int]:
         """Ids of the selected images, in view order."""

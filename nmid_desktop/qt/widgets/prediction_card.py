@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QRectF, QSize, QStringListModel, Qt, Signal
-from PySide6.QtGui import QColor, QPainter
+from PySide6.QtCore import QEvent, QObject, QRectF, QSize, QStringListModel, Qt, Signal
+from PySide6.QtGui import QColor, QKeyEvent, QKeySequence, QPainter
 from PySide6.QtWidgets import (
     QCompleter,
     QFrame,
@@ -77,6 +77,7 @@ class PredictionCard(QFrame):
     accept_requested = Signal()  # take the suggested label
     label_chosen = Signal(str)  # correct to this label
     model_requested = Signal()  # ask the model now
+    model_cancel_requested = Signal()  # stop waiting for the model's answer
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -110,6 +111,13 @@ class PredictionCard(QFrame):
         self.ask_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.ask_button.clicked.connect(self.model_requested)
         model_head.addWidget(self.ask_button)
+        self.cancel_model_button = QPushButton("Cancel", self)
+        self.cancel_model_button.setObjectName("cancelModel")
+        self.cancel_model_button.setToolTip("Stop waiting for the model (its late answer is dropped)")
+        self.cancel_model_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.cancel_model_button.clicked.connect(self.model_cancel_requested)
+        self.cancel_model_button.hide()
+        model_head.addWidget(self.cancel_model_button)
         layout.addLayout(model_head)
         self.model_summary = QLabel("", self)
         self.model_summary.setObjectName("headline")
@@ -132,7 +140,7 @@ class PredictionCard(QFrame):
         entry = QHBoxLayout()
         self.class_box = QLineEdit(self)
         self.class_box.setObjectName("classBox")
-        self.class_box.setPlaceholderText("Type a class (new names are created)…")
+        self.class_box.setPlaceholderText("Type a class… (Ctrl+Enter creates a new one, Esc leaves)")
         self.class_box.setClearButtonEnabled(True)
         self.class_box.setAcceptDrops(False)  # drops are for images, anywhere on the window
         self._completer_model = QStringListModel(self)
@@ -141,6 +149,9 @@ class PredictionCard(QFrame):
         completer.setFilterMode(Qt.MatchFlag.MatchContains)
         self.class_box.setCompleter(completer)
         self.class_box.returnPressed.connect(self._on_class_box_return_pressed)
+        # The box must never trap the label keys: see eventFilter.
+        self.class_box.installEventFilter(self)
+        self.class_box.textEdited.connect(lambda _text: self.hint.hide())
         entry.addWidget(self.class_box, 1)
         self.accept_button = QPushButton("Accept  ⏎", self)
         self.accept_button.setObjectName("primary")
@@ -149,6 +160,11 @@ class PredictionCard(QFrame):
         self.accept_button.clicked.connect(self.accept_requested)
         entry.addWidget(self.accept_button)
         layout.addLayout(entry)
+        self.hint = QLabel("", self)
+        self.hint.setObjectName("dimLabel")
+        self.hint.setWordWrap(True)
+        self.hint.hide()
+        layout.addWidget(self.hint)
         self._chips_host = QWidget(self)
         self._chips = FlowLayout(self._chips_host, spacing=4)
         layout.addWidget(self._chips_host)
@@ -156,6 +172,7 @@ class PredictionCard(QFrame):
         self.classes: list[str] = []
         self.colors: dict[str, QColor] = {}
         self.suggested: str | None = None
+        self.accept_label: str | None = None
         self.set_model_visible(False)
         self.set_model(None)
         self.set_enabled_for_image(False)
@@ -210,10 +227,13 @@ class PredictionCard(QFrame):
         else:
             top, prob = items[0]
             how = "kNN vote" if predictor == "knn" else "logistic probe" if predictor == "logreg" else predictor
-            basis = f" over {n_demos} demonstrations" if predictor == "knn" and n_demos else ""
+            basis = f" over {n_demos} accepted demonstrations" if predictor == "knn" and n_demos else " · accepted labels only"
             self.local_summary.setText(f"<b>{top}</b> &nbsp;{prob:.0%} <span style='color:#9aa0a6'>· {how}{basis}</span>")
             self.local_bars.set_items(items, self.colors, highlight=top)
             self.suggested = top
+        self.local_summary.setToolTip(
+            "Demonstrations are accepted labels only: predictions still pending review are never used."
+        )
         self.accept_button.setEnabled(self.class_box.isEnabled() and self.suggested is not None)
         self._update_agreement()
 
@@ -224,24 +244,46 @@ class PredictionCard(QFrame):
         self.model_title.setText(f"MODEL · {model}" if model else "MODEL")
         if not visible:
             self._model: ModelAnswer | None = None
+            self.cancel_model_button.hide()
+
+    @property
+    def model_waiting(self) -> bool:
+        """Whether the card waits for the model's answer."""
+        return getattr(self, "_waiting", False)
+
+    def _set_waiting(self, waiting: bool) -> None:
+        self._waiting = waiting
+        self.cancel_model_button.setVisible(waiting and not self.ask_button.isHidden())
+        self.ask_button.setEnabled(not waiting)
 
     def set_model_waiting(self, text: str = "Asking the model…") -> None:
-        """The model call is under way."""
+        """The model call is under way (Cancel is offered)."""
         self._model = None
+        self._set_waiting(True)
         self.model_summary.setText(text)
         self.rationale.setText("")
+        self._update_agreement()
+
+    def set_model_cancelled(self) -> None:
+        """The user stopped waiting: the local prediction stands."""
+        self._model = None
+        self._set_waiting(False)
+        self.model_summary.setText("<span style='color:#fdd663'>Cancelled</span>")
+        self.rationale.setText("The model was not asked to the end; a late answer is dropped. Ask model (Ctrl+M) to try again.")
         self._update_agreement()
 
     def set_model_error(self, message: str) -> None:
         """The model call failed; the local prediction stands."""
         self._model = None
+        self._set_waiting(False)
         self.model_summary.setText("<span style='color:#f28b82'>Model unavailable</span>")
         self.rationale.setText(message)
         self._update_agreement()
 
-    def set_model(self, answer: ModelAnswer | None) -> None:
-        """Show the model's answer (None clears it)."""
+    def set_model(self, answer: ModelAnswer | None, stored: bool = False) -> None:
+        """Show the model's answer (None clears it); ``stored``: an answer saved earlier, shown again."""
         self._model = answer
+        self._set_waiting(False)
         if answer is None:
             self.model_summary.setText("<span style='color:#9aa0a6; font-size:9pt'>Not asked. Ask model (Ctrl+M) "
                                        "for a second opinion from the same demonstrations.</span>")
@@ -252,6 +294,8 @@ class PredictionCard(QFrame):
         else:
             conf = f" &nbsp;{answer.confidence:.0%}" if answer.confidence is not None else ""
             cost = " · cached" if answer.cached else (f" · ${answer.cost_usd:.4f}" if answer.cost_usd else "")
+            if stored:
+                cost = " · stored answer (not asked again)"
             self.model_summary.setText(f"<b>{answer.label}</b>{conf} <span style='color:#9aa0a6'>{cost}</span>")
             self.rationale.setText(answer.rationale)
         self._update_agreement()
@@ -270,32 +314,106 @@ class PredictionCard(QFrame):
         self.agreement.style().unpolish(self.agreement)
         self.agreement.style().polish(self.agreement)
 
+    def set_accept_label(self, label: str | None, pending: bool = False) -> None:
+        """Name on the Accept button what Enter accepts (``pending``: the label awaiting review)."""
+        self.accept_label = label
+        if label is None:
+            self.accept_button.setText("Accept  ⏎")
+            self.accept_button.setToolTip("Nothing to accept yet: choose a class (1-9 or type its name)")
+        else:
+            what = "the pending label" if pending else "the suggestion"
+            self.accept_button.setText(f"Accept {label}  ⏎")
+            self.accept_button.setToolTip(f"Accept {what} '{label}' (Enter)")
+        self.accept_button.setEnabled(self.class_box.isEnabled() and label is not None)
+
     @property
     def model_answer(self) -> ModelAnswer | None:
         """The model's answer shown now, if any."""
         return getattr(self, "_model", None)
 
-    def set_current_label(self, label: str | None, source: str | None, review: str | None) -> None:
-        """The label the image carries in the library now."""
+    def set_current_label(self, label: str | None, source: str | None, review: str | None, actor: str | None = None) -> None:
+        """The label the image carries in the library now (``actor``: who set it, on a shared library)."""
         if label is None:
             self.current.setText("<span style='color:#9aa0a6'>Not labelled yet.</span>")
             return
         who = SOURCE_NAMES.get(source or "", source or "")
         color = self.colors.get(label, QColor("#8ab4f8")).name()
         state = {"accepted": "✓ accepted", "pending": "pending review", "rejected": "rejected"}.get(review or "", review or "")
+        if actor:
+            who = f"{who} ({actor})"
         self.current.setText(
             f"Label: <b style='color:{color}'>{label}</b> <span style='color:#9aa0a6'>· {who} · {state}</span>"
         )
 
-    def _on_class_box_return_pressed(self) -> None:
+    # -- the class box ------------------------------------------------------------------------
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        """Keep the label keys for the label while the class box has focus.
+
+        Ctrl+Z / Ctrl+Shift+Z / Ctrl+Y undo and redo *labels*, and digits pick a class
+        while the box is empty: their shortcut override is withheld from the box, so the
+        window's shortcuts get them. Escape leaves the box; Ctrl+Enter creates a class.
+        """
+        if watched is self.class_box and isinstance(event, QKeyEvent):
+            if event.type() == QEvent.Type.ShortcutOverride:
+                if _is_history_key(event):
+                    return True  # not accepted: the window's Undo/Redo action fires
+                if not self.class_box.text() and event.text().isdigit() and event.text() != "0":
+                    return True
+            elif event.type() == QEvent.Type.KeyPress:
+                if event.key() == Qt.Key.Key_Escape:
+                    self.leave_class_box()
+                    return True
+                if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and (
+                    event.modifiers() & Qt.KeyboardModifier.ControlModifier
+                ):
+                    self.submit_class_box(create=True)
+                    return True
+        return super().eventFilter(watched, event)
+
+    def leave_class_box(self) -> None:
+        """Clear the box and give the keyboard back to the window (Escape)."""
+        self.class_box.clear()
+        self.hint.hide()
+        self.class_box.clearFocus()
+        window = self.window()
+        if window is not None:
+            window.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def match_class(self, text: str) -> str | None:
+        """The existing class the typed text names: exact (any case) or the only one containing it."""
+        text = text.strip().lower()
+        if not text:
+            return None
+        match = next((c for c in self.classes if c.lower() == text), None)
+        if match is None:
+            candidates = [c for c in self.classes if text in c.lower()]
+            match = candidates[0] if len(candidates) == 1 else None
+        return match
+
+    def submit_class_box(self, create: bool = False) -> None:
+        """Enter in the box: label with the class typed; a new class only with ``create`` (Ctrl+Enter)."""
         text = self.class_box.text().strip()
         if not text:
+            self.leave_class_box()
             self.accept_requested.emit()
             return
-        # Prefer an existing class matching case-insensitively (type-ahead finished by Enter).
-        match = next((c for c in self.classes if c.lower() == text.lower()), None)
-        if match is None:
-            candidates = [c for c in self.classes if text.lower() in c.lower()]
-            match = candidates[0] if len(candidates) == 1 else text
-        self.class_box.clear()
-        self.label_chosen.emit(match)
+        match = self.match_class(text)
+        if match is None and not create:
+            self.hint.setText(
+                f"“{text}” is not a class yet. Ctrl+Enter creates it; Esc leaves the box."
+            )
+            self.hint.show()
+            return
+        self.leave_class_box()
+        self.label_chosen.emit(match or text)
+
+    def _on_class_box_return_pressed(self) -> None:
+        self.submit_class_box(create=False)
+
+
+def _is_history_key(event: QKeyEvent) -> bool:
+    combo = event.keyCombination()
+    sequence = QKeySequence(combo)
+    if event.matches(QKeySequence.StandardKey.Undo) or event.matches(QKeySequence.StandardKey.Redo):
+        return True
+    return sequence in (QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y"))

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from nmid_desktop.core.config import Settings, save_settings
-from nmid_desktop.core.errors import ConfigError
+from nmid_desktop.core.errors import ConfigError, NmidError
 from nmid_desktop.core.paths import config_dir
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.workers import JobHandle
@@ -68,9 +68,24 @@ def read_facts(library: Path, settings: Settings) -> SettingsFacts:
     """Encoders on offer, where the key comes from, and current prices of the configured models."""
     from nmid_desktop.lmm.cost import PriceTable
     from nmid_desktop.lmm.secrets import key_source
+    from nmid_desktop.ml.encoders import DEFAULT_ENCODER, resolve_encoder_name
     from nmid_desktop.ml.manifest import library_models_dir, list_manifests
 
-    encoders = tuple((m.name, m.description) for m in list_manifests([library_models_dir(library)]))
+    offered = [(m.name, m.description) for m in list_manifests([library_models_dir(library)])]
+    # The default (+d4 view averaging) and the library's encoder now are always on offer, so an
+    # encoder replaced by a trained one can be chosen again.
+    current = ""
+    try:
+        from nmid_desktop.core.store import open_library
+
+        with open_library(library, create=False) as store:
+            current = resolve_encoder_name(store, settings)
+    except NmidError:
+        current = ""
+    for name, note in ((DEFAULT_ENCODER, "the default encoder"), (current, "this library's encoder now")):
+        if name and all(name != n for n, _ in offered):
+            offered.insert(0, (name, note))
+    encoders = tuple(offered)
     try:
         prices = PriceTable.load()
     except ConfigError:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QLabel, QProgressBar, QSizePolicy, QStatusBar, QToolButton, QWidget
+from PySide6.QtWidgets import (
+    QDialog,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QSizePolicy,
+    QStatusBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from nmid_desktop.core.jobs import Progress
 from nmid_desktop.qt.workers import JobHandle, JobManager
@@ -54,6 +64,14 @@ class StatusBar(QStatusBar):
         # Messages get a label of their own: QStatusBar's temporary message would be drawn
         # over the job indicator.
         self.message_label = QLabel("", self)
+        self.warnings: list[str] = []
+        self.log_path = ""
+        self._messages_dialog: QDialog | None = None
+        self.warnings_button = QToolButton(self)
+        self.warnings_button.setObjectName("warningsButton")
+        self.warnings_button.setAutoRaise(True)
+        self.warnings_button.clicked.connect(self._on_warnings_clicked)
+        self.warnings_button.hide()
         self._message_timer = QTimer(self)
         self._message_timer.setSingleShot(True)
         self._message_timer.timeout.connect(lambda: self.message_label.setText(""))
@@ -66,6 +84,7 @@ class StatusBar(QStatusBar):
         self.addWidget(self.progress)
         self.addWidget(self.cancel_button)
         self.addWidget(self.message_label, 1)
+        self.addWidget(self.warnings_button)
         self.library = QLabel("", self)
         self.encoder = QLabel("", self)
         self.device = QLabel("", self)
@@ -87,8 +106,11 @@ class StatusBar(QStatusBar):
 
     def set_status(self, status: LibraryStatus, budget_usd: float | None = None) -> None:
         """Show fresh library facts."""
-        self.library.setText(f"{status.root.name or status.root} · {status.n_images:,} images · {status.n_labelled:,} labelled")
-        self.library.setToolTip(f"{status.root}\n{len(status.classes)} classes, {status.n_pending} awaiting review")
+        shared = status.location.startswith("postgresql")
+        name = status.location if shared else (status.root.name or str(status.root))
+        self.library.setText(f"{name} · {status.n_images:,} images · {status.n_labelled:,} labelled")
+        where = f"{status.location}\nimages in {status.root}" if shared else str(status.root)
+        self.library.setToolTip(f"{where}\n{len(status.classes)} classes, {status.n_pending} awaiting review")
         # The key is NAME@SHA[+VIEWS]; show the name and the view averaging, not the hash.
         name = re.sub(r"@[^+]*", "", status.encoder) if status.encoder else "–"
         self.encoder.setText(f"Encoder: {name}")
@@ -146,6 +168,34 @@ class StatusBar(QStatusBar):
         self.job_label.hide()
         self.progress.hide()
         self.cancel_button.hide()
+
+    def add_warning(self, text: str) -> None:
+        """Keep a warning or error for the Messages list (the ⚠ button) and show it now."""
+        self.warnings.append(text)
+        self.warnings_button.setText(f"⚠ {len(self.warnings)}")
+        self.warnings_button.setToolTip("Warnings and errors of this session (click to read them)")
+        self.warnings_button.show()
+        self.show_message(f"⚠ {text}", 15000)
+        if self._messages_dialog is not None:
+            self._messages_dialog.findChild(QPlainTextEdit).setPlainText(self._messages_text())
+
+    def _messages_text(self) -> str:
+        where = f"\n\nDetails (tracebacks) are in the log file:\n{self.log_path}" if self.log_path else ""
+        return "\n\n".join(self.warnings) + where
+
+    def _on_warnings_clicked(self) -> QDialog:
+        if self._messages_dialog is None:
+            dialog = QDialog(self.window())
+            dialog.setObjectName("messagesDialog")
+            dialog.setWindowTitle("Messages")
+            dialog.resize(640, 360)
+            text = QPlainTextEdit(dialog)
+            text.setReadOnly(True)
+            QVBoxLayout(dialog).addWidget(text)
+            self._messages_dialog = dialog
+        self._messages_dialog.findChild(QPlainTextEdit).setPlainText(self._messages_text())
+        self._messages_dialog.show()
+        return self._messages_dialog
 
     def show_message(self, text: str, timeout_ms: int = 8000) -> None:
         """A line beside the job indicator, cleared after ``timeout_ms`` (0: kept)."""

@@ -143,7 +143,7 @@ class SyntheticTab(QWidget):
         # Through the engine lane, like every label decision: in order, and the classifier is told.
         handle = self.ctx.jobs.start(
             f"label-synthetic-{image_id}-{review}",
-            lambda eng, token: eng.set_review(image_id, review, actor="expert"),
+            lambda eng, token: eng.set_review(image_id, review, actor=""),
             lane=ENGINE_LANE,
         )
         handle.finished.connect(lambda change: self._on_reviewed(image_id, change.record.review))

@@ -43,7 +43,8 @@ def format_seconds(seconds: float | None) -> str:
 class TrainingPanel(QWidget):
     """Start, watch and cancel SimCLR training."""
 
-    trained = Signal(object)  # TrainResult, after a run finished (and maybe became the library's encoder)
+    trained = Signal(object)  # TrainResult, after a run finished (the library's encoder is unchanged)
+    encoder_chosen = Signal(str)  # the user adopted the trained encoder after a better evaluation
 
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -63,14 +64,26 @@ class TrainingPanel(QWidget):
         self.batch = QSpinBox(self)
         self.batch.setRange(2, 1024)
         self.batch.setValue(48)
-        self.use_check = QCheckBox("Use it for this library when done", self)
+        self.use_check = QCheckBox("Compare it with the current encoder when done", self)
         self.use_check.setChecked(True)
-        self.use_check.setToolTip("The library's images are embedded again with the new encoder and the index rebuilt")
+        self.use_check.setToolTip(
+            "Both encoders are evaluated alike on the accepted labels; the trained one can replace the "
+            "current one only when it scores better, and only when you say so"
+        )
+        self.verdict = QLabel("", self)
+        self.verdict.setWordWrap(True)
+        self.use_button = QPushButton("Use the trained encoder", self)
+        self.use_button.setEnabled(False)
+        self.use_button.setToolTip("Offered only when the evaluation says the trained encoder is better")
+        self.use_button.clicked.connect(self._on_use_clicked)
+        self.comparison = None
         form = QFormLayout()
         form.addRow("Encoder", self.preset)
         form.addRow("Epochs (at most)", self.epochs)
         form.addRow("Batch size", self.batch)
         form.addRow("", self.use_check)
+        form.addRow("", self.verdict)
+        form.addRow("", self.use_button)
         self.include_test_check = QCheckBox("Also train on the fixed test split", self)
         self.include_test_check.setToolTip(
             "Off by default: training on the test images, even without their labels, flatters an evaluation"
@@ -148,8 +161,12 @@ class TrainingPanel(QWidget):
         request = TrainingRequest(
             encoder_name=encoder_name, init=init, epochs=epochs, batch_size=batch, device=device,
             include_test=self.include_test_check.isChecked(), crop_data_bar=crop, max_images=max_images,
-            use_when_done=use,
+            use_when_done=False,  # never adopted blindly: see _on_finished
         )
+        self._compare = use
+        self.comparison = None
+        self.verdict.setText("")
+        self.use_button.setEnabled(False)
         self.handle = self.ctx.jobs.start("training", lambda token: training_job(library, request, token))
         self.handle.progress_changed.connect(self._on_progress)
         self.handle.finished.connect(self._on_finished)
@@ -195,6 +212,45 @@ class TrainingPanel(QWidget):
         )
         self.eta_label.setText("done")
         self.trained.emit(result)
+        if self._compare:
+            self.compare(result.name)
+
+    def compare(self, trained: str) -> JobHandle:
+        """Evaluate the current and the trained encoder alike (in a worker); show both figures."""
+        from nmid_desktop.workspace.training import compare_encoders_job
+
+        library = self.ctx.library
+        self.verdict.setText(f"Evaluating {trained} against the current encoder…")
+        handle = self.ctx.jobs.start("compare", lambda token: compare_encoders_job(library, trained, token))
+        handle.finished.connect(self._on_compared)
+        handle.failed.connect(lambda msg: self.verdict.setText(f"Not evaluated ({msg}): the current encoder is kept."))
+        self._compare_handle = handle
+        return handle
+
+    def _on_compared(self, comparison: Any) -> None:
+        self.comparison = comparison
+        if comparison.better:
+            advice = "The trained encoder is better: use it for this library?"
+        else:
+            advice = "The trained encoder is not better: the current one is kept (the trained one stays in Settings)."
+        self.verdict.setText(f"{comparison.summary()}. {advice}")
+        self.use_button.setEnabled(bool(comparison.better))
+
+    def _on_use_clicked(self) -> None:
+        from nmid_desktop.workspace.training import use_encoder
+
+        comparison = self.comparison
+        if comparison is None or not comparison.better:
+            return
+        library, name = self.ctx.library, comparison.trained
+        self.use_button.setEnabled(False)
+        handle = self.ctx.jobs.start("use-encoder", lambda token: use_encoder(library, name))
+        handle.finished.connect(lambda previous: self._on_used(name, previous))
+        handle.failed.connect(lambda msg: self.verdict.setText(f"Not changed: {msg}"))
+
+    def _on_used(self, name: str, previous: str) -> None:
+        self.verdict.setText(f"{name} is now this library's encoder; {previous} can be chosen again in Settings.")
+        self.encoder_chosen.emit(name)
 
     def _on_ended(self) -> None:
         self.start_button.setEnabled(True)
