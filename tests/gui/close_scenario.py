@@ -85,6 +85,7 @@ def main(argv: list[str]) -> int:
                 facts["card"] = card.model_summary.text()
                 if screenshot is not None:
                     window.grab().save(str(screenshot))
+                facts["running_at_close"] = window.jobs.is_running("lmm")
                 start = time.monotonic()
                 window.close()
                 facts["close_s"] = round(time.monotonic() - start, 3)

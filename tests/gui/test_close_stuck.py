@@ -28,5 +28,7 @@ def test_close_during_a_stuck_model_request_exits_at_once(library: Path, tmp_pat
     assert "error" not in facts, facts["error"]
     assert "Asking" in str(facts["card"])
     assert float(facts["close_s"]) < 2.0, facts
-    assert int(facts["abandoned"]) >= 1  # the request really was still stuck when the window closed
+    assert facts["running_at_close"] is True  # the request really was in flight when the window closed
+    # The client cancels a request in flight (issue 10), so its thread usually ends within the wait;
+    # one that does not is abandoned, never destroyed: either way the process exits 0 (checked above).
     print(f"\nclose during a stuck request: {facts['close_s']} s; screenshot {shot}")
