@@ -286,8 +286,9 @@ def cmd_questions(args: argparse.Namespace) -> int:
 
 def _generate_questions(args: argparse.Namespace, settings: Settings, root: Path) -> int:
     from nmid_desktop.lmm.client import LmmClient
-    from nmid_desktop.lmm.cost import PriceTable, check_budget
+    from nmid_desktop.lmm.cost import PriceTable
     from nmid_desktop.lmm.describe import QUESTION_SET_META
+    from nmid_desktop.lmm.paid_batch import paid_session
     from nmid_desktop.lmm.questions import estimate_question_generation, generate_question_set, save_question_set
 
     store = open_store(args)
@@ -300,8 +301,8 @@ def _generate_questions(args: argparse.Namespace, settings: Settings, root: Path
         _print_estimate(estimate, args.dry_run)
         if args.dry_run:
             return 0
-        check_budget(estimate, store.total_cost(), settings.lmm.budget_usd)
-        with LmmClient.from_settings(settings.lmm, refresh=args.refresh) as client:
+        with LmmClient.from_settings(settings.lmm, refresh=args.refresh) as client, \
+                paid_session(settings.lmm, estimate, store.total_cost(), model_setting="lmm.text_model", client=client):
             qs, result = generate_question_set(
                 client, args.domain, classes, settings.lmm, name=args.name, n_groups=args.groups
             )

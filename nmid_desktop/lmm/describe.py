@@ -23,9 +23,9 @@ from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store.base import DescriptionRecord, DescriptionRow, Store
 from nmid_desktop.lmm.client import LmmClient, require_endpoint
-from nmid_desktop.lmm.cost import CostEstimate, PriceTable, chat_cost, chat_estimate, check_budget
+from nmid_desktop.lmm.cost import CostEstimate, PriceTable, chat_cost, chat_estimate
 from nmid_desktop.lmm.images import EncodedImage, ImageSource, encode_source, source_size
-from nmid_desktop.lmm.paid_batch import paid_calls
+from nmid_desktop.lmm.paid_batch import paid_calls, paid_session
 from nmid_desktop.lmm.parsing import REASONING, parse_description
 from nmid_desktop.lmm.questions import PromptTemplate, QuestionSet, load_prompt, load_question_set
 from nmid_desktop.lmm.usage import record_paid_call
@@ -305,13 +305,7 @@ def describe_images(
     if dry_run or not sources:
         return batch
     spent = store.total_cost() if store is not None else 0.0
-    check_budget(total, spent, lmm.budget_usd)
-    own_client = client is None
-    client = client or LmmClient.from_settings(lmm)
-    try:
-        from nmid_desktop.lmm.catalog import require_model
-
-        require_model(client, "lmm.vision_model", lmm.vision_model)
+    with paid_session(lmm, total, spent, model_setting="lmm.vision_model", client=client) as session:
 
         def stop_for_budget() -> None:
             batch.stopped = "budget"
@@ -319,7 +313,7 @@ def describe_images(
         def work(source: ImageSource) -> Description:
             encoded = encode_source(source, lmm.image_max_side, max_pixels=settings.max_pixels)
             item = source.image_id if source.image_id is not None else source.path
-            return describe_encoded(client, encoded, qs, settings, item=item, prices=prices, token=token)
+            return describe_encoded(session.client, encoded, qs, settings, item=item, prices=prices, token=token)
 
         def keep(index: int, description: Description) -> tuple[Description, str]:
             source = sources[index]
@@ -336,11 +330,8 @@ def describe_images(
             sources, work, [e.cost_usd for e in per_item], lmm=lmm, spent=spent, token=token,
             failures=batch.failures, failure_key=lambda i: items[i], on_budget_stop=stop_for_budget, on_result=keep,
         )
-        batch.descriptions = [found[i] for i in sorted(found)]
-        return batch
-    finally:
-        if own_client:
-            client.close()
+    batch.descriptions = [found[i] for i in sorted(found)]
+    return batch
 
 
 def _with_id(description: Description, stored_id: int) -> Description:

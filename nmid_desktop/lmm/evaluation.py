@@ -23,9 +23,9 @@ from nmid_desktop.core.errors import ConfigError
 from nmid_desktop.core.jobs import run_job
 from nmid_desktop.evaluation.runner import PredictorSpec, QueryData, TrainData, register_predictor
 from nmid_desktop.lmm.client import LmmClient
-from nmid_desktop.lmm.cost import BudgetExceeded, CostEstimate, PriceTable, check_budget
+from nmid_desktop.lmm.cost import BudgetExceeded, CostEstimate, PriceTable
 from nmid_desktop.lmm.images import ImageSource, encode_source, source_from_record
-from nmid_desktop.lmm.paid_batch import paid_calls
+from nmid_desktop.lmm.paid_batch import paid_calls, paid_session
 from nmid_desktop.lmm.parsing import ranking_from
 from nmid_desktop.lmm.predict import LmmPrediction, estimate_predict, predict_encoded
 from nmid_desktop.lmm.usage import record_paid_call
@@ -81,33 +81,30 @@ def predict_lmm(
         total.add(estimate)
     log.info("lmm evaluation (%s, K=%s): %s", queries.strategy, queries.k, total.summary())
     spent = store.total_cost()
-    check_budget(total, spent, lmm.budget_usd)
-    own_client = client is None
-    client = client or LmmClient.from_settings(lmm)
     stopped = False
 
     def on_budget_stop() -> None:
         nonlocal stopped
         stopped = True
 
-    def work(item: tuple[ImageSource, list[tuple[ImageSource, str]]]) -> LmmPrediction:
-        query, demos = item
-        encoded = [(encode_source(s, side, max_pixels=limit), label) for s, label in demos]
-        return predict_encoded(client, encoded, encode_source(query, side, max_pixels=limit), classes, settings, prices=prices)
-
-    def keep(index: int, prediction: LmmPrediction) -> tuple[LmmPrediction, str]:
-        record_paid_call(store, "predict", prediction, cost_usd=prediction.cost_usd, images=len(prediction.demo_ids) + 1)
-        return prediction, f"image {queries.ids[index]}"
-
     failures: list[tuple[int, str]] = []
-    try:
+    with paid_session(lmm, total, spent, model_setting="lmm.vision_model", client=client) as session:
+
+        def work(item: tuple[ImageSource, list[tuple[ImageSource, str]]]) -> LmmPrediction:
+            query, demos = item
+            encoded = [(encode_source(s, side, max_pixels=limit), label) for s, label in demos]
+            return predict_encoded(
+                session.client, encoded, encode_source(query, side, max_pixels=limit), classes, settings, prices=prices
+            )
+
+        def keep(index: int, prediction: LmmPrediction) -> tuple[LmmPrediction, str]:
+            record_paid_call(store, "predict", prediction, cost_usd=prediction.cost_usd, images=len(prediction.demo_ids) + 1)
+            return prediction, f"image {queries.ids[index]}"
+
         results = run_job(paid_calls(
             work_items, work, [e.cost_usd for e in estimates], lmm=lmm, spent=spent, token=None, failures=failures,
             failure_key=lambda i: int(queries.ids[i]), on_budget_stop=on_budget_stop, on_result=keep,
         ))
-    finally:
-        if own_client:
-            client.close()
     for image_id, reason in failures:
         log.warning("lmm evaluation, image %s: %s", image_id, reason)
     if stopped:

@@ -1,20 +1,32 @@
-"""The loop every paid batch shares: budget guard, concurrency, failures, fatal errors.
+"""The one path of every paid model call: estimate, budget, client, model check, usage, fatal errors.
 
-``describe_images`` and ``predict_images`` differ only in what one call does and in
-what is stored from its result; the accounting around the calls is this one job.
+Every job that pays for model calls (describe, predict, synthesize, question generation, the
+model's evaluation, and the window's single "Ask model") does the same things around its calls:
+
+1. it estimates the whole job and reports the estimate (its first progress line);
+2. :func:`paid_session` refuses the job when the estimate would pass the budget, opens the client
+   unless the caller lent one (and then closes only what it opened), and checks that the configured
+   model is served before the first paid call;
+3. :func:`paid_calls` runs the calls inside the budget (:class:`~nmid_desktop.lmm.cost.BudgetGuard`)
+   with :func:`is_fatal` as the one rule for which failure stops the job;
+4. each answer's cost is recorded with :func:`nmid_desktop.lmm.usage.record_paid_call`.
+
+``describe_images`` and ``predict_images`` differ only in what one call does and in what is
+stored from its result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nmid_desktop.core.config import LmmSettings
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
-from nmid_desktop.lmm.client import LmmError, run_batch
-from nmid_desktop.lmm.cost import BudgetGuard
+from nmid_desktop.lmm.client import LmmClient, LmmError, run_batch
+from nmid_desktop.lmm.cost import BudgetGuard, CostEstimate, check_budget
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,6 +42,52 @@ def is_fatal(error: BaseException) -> bool:
     if isinstance(error, LmmError):
         return error.fatal
     return not isinstance(error, NmidError)
+
+
+@dataclass(frozen=True)
+class PaidSession:
+    """What a paid job holds while it calls: the client and what the library had spent before."""
+
+    client: LmmClient
+    spent: float
+
+
+@contextmanager
+def paid_session(
+    lmm: LmmSettings,
+    total: CostEstimate,
+    spent: float,
+    *,
+    model_setting: str,
+    client: LmmClient | None = None,
+) -> Iterator[PaidSession]:
+    """Open the way for a job's paid calls: budget check, client ownership, model check.
+
+    Args:
+        lmm: Endpoint settings.
+        total: The job's whole estimate.
+        spent: What the library has spent already.
+        model_setting: The setting naming the model the calls use: ``lmm.vision_model``,
+            ``lmm.image_model`` or ``lmm.text_model`` (checked against the endpoint's list).
+        client: A client the caller owns (kept open); None: one for the configured endpoint,
+            closed when the block ends.
+
+    Raises:
+        BudgetExceeded: When ``spent`` plus the estimate would pass ``lmm.budget_usd``.
+        ModelUnavailableError: When the endpoint does not serve the model, or it is retired.
+    """
+    from nmid_desktop.lmm.catalog import require_model
+
+    check_budget(total, spent, lmm.budget_usd)
+    own_client = client is None
+    session_client = client if client is not None else LmmClient.from_settings(lmm)
+    try:
+        model = getattr(lmm, model_setting.removeprefix("lmm."))
+        require_model(session_client, model_setting, model)
+        yield PaidSession(session_client, spent)
+    finally:
+        if own_client:
+            session_client.close()
 
 
 def paid_calls(

@@ -38,10 +38,9 @@ from nmid_desktop.lmm.cost import (
     PriceTable,
     chat_cost,
     chat_estimate,
-    check_budget,
 )
 from nmid_desktop.lmm.images import EncodedImage, ImageSource, encode_source, source_size
-from nmid_desktop.lmm.paid_batch import paid_calls
+from nmid_desktop.lmm.paid_batch import paid_calls, paid_session
 from nmid_desktop.lmm.parsing import ParsedPrediction, parse_prediction, ranking_from
 from nmid_desktop.lmm.questions import PromptTemplate, load_prompt
 from nmid_desktop.lmm.usage import record_paid_call
@@ -331,7 +330,9 @@ def predict_one(
 # ----------------------------------------------------------------------------- batches through the classifier
 
 @dataclass(frozen=True)
-class _Query:
+class PredictQuery:
+    """One query for the vision model: the item as the caller names it, its image, its demonstrations."""
+
     item: Any
     source: ImageSource
     demos: list[tuple[ImageSource, str]]
@@ -403,18 +404,51 @@ def predict_images(
     """
     from nmid_desktop.lmm.describe import resolve_items
 
+    if client is None and not dry_run:
+        require_endpoint(settings.lmm)  # offline: say so before any work
+    if not store.classes():
+        raise LabelError("the library has no classes: label some images first")
+    sources = resolve_items(store, paths_or_ids, settings)
+    queries: list[PredictQuery] = []
+    for i, (item, source) in enumerate(zip(paths_or_ids, sources, strict=True)):
+        queries.append(PredictQuery(item, source, _demonstrations(store, classifier, item, source, settings)))
+        yield Progress(i + 1, len(sources), f"retrieved demonstrations for {item}")
+    return (yield from predict_queries(store, queries, settings, dry_run=dry_run, client=client, token=token, prices=prices))
+
+
+def predict_queries(
+    store: Store,
+    queries: Sequence[PredictQuery],
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    client: LmmClient | None = None,
+    token: CancelToken | None = None,
+    prices: PriceTable | None = None,
+) -> Job[PredictBatch]:
+    """Ask the vision model about queries whose demonstrations are already chosen (a job).
+
+    The paid part of :func:`predict_images`, and what the window's "Ask model" runs with the
+    demonstrations it shows: estimate (the first progress report's ``data``), budget check,
+    model check, the calls, usage and the stored predictions, all on the one paid-call path
+    (:mod:`nmid_desktop.lmm.paid_batch`).
+
+    Returns:
+        A :class:`PredictBatch` (failed calls in ``failures``; ``stopped`` when the budget stopped it).
+
+    Raises:
+        NoEndpointError: When offline (not in a dry run).
+        BudgetExceeded: When the estimate passes the budget.
+        ModelUnavailableError: Retired vision model.
+        LmmError: A fatal endpoint error (bad key), after the calls in flight ended.
+    """
     lmm = settings.lmm
     if client is None and not dry_run:
-        require_endpoint(lmm)  # offline: say so before any work
+        require_endpoint(lmm)
     prices = prices or PriceTable.load()
     classes = [c.name for c in store.classes()]
     if not classes:
         raise LabelError("the library has no classes: label some images first")
-    sources = resolve_items(store, paths_or_ids, settings)
-    queries: list[_Query] = []
-    for i, (item, source) in enumerate(zip(paths_or_ids, sources, strict=True)):
-        queries.append(_Query(item, source, _demonstrations(store, classifier, item, source, settings)))
-        yield Progress(i + 1, len(sources), f"retrieved demonstrations for {item}")
     per_item = [
         estimate_predict(source_size(q.source), [source_size(d) for d, _ in q.demos], classes, settings, prices)
         for q in queries
@@ -427,22 +461,16 @@ def predict_images(
     if dry_run or not queries:
         return batch
     spent = store.total_cost()
-    check_budget(total, spent, lmm.budget_usd)
-    own_client = client is None
-    client = client or LmmClient.from_settings(lmm)
-    try:
-        from nmid_desktop.lmm.catalog import require_model
-
-        require_model(client, "lmm.vision_model", lmm.vision_model)
+    with paid_session(lmm, total, spent, model_setting="lmm.vision_model", client=client) as session:
 
         def stop_for_budget() -> None:
             batch.stopped = "budget"
 
-        def work(query: _Query) -> LmmPrediction:
+        def work(query: PredictQuery) -> LmmPrediction:
             side = lmm.image_max_side
             demos = [(encode_source(s, side, max_pixels=settings.max_pixels), label) for s, label in query.demos]
             encoded = encode_source(query.source, side, max_pixels=settings.max_pixels)
-            return predict_encoded(client, demos, encoded, classes, settings, item=query.item, prices=prices, token=token)
+            return predict_encoded(session.client, demos, encoded, classes, settings, item=query.item, prices=prices, token=token)
 
         def keep(_index: int, prediction: LmmPrediction) -> tuple[LmmPrediction, str]:
             record_paid_call(store, "predict", prediction, cost_usd=prediction.cost_usd,
@@ -457,11 +485,8 @@ def predict_images(
             failures=batch.failures, failure_key=lambda i: queries[i].item, on_budget_stop=stop_for_budget,
             on_result=keep,
         )
-        batch.extend(found[i] for i in sorted(found))
-        return batch
-    finally:
-        if own_client:
-            client.close()
+    batch.extend(found[i] for i in sorted(found))
+    return batch
 
 
 __all__ = [
@@ -469,10 +494,12 @@ __all__ = [
     "Demo",
     "LmmPrediction",
     "PredictBatch",
+    "PredictQuery",
     "estimate_predict",
     "predict_encoded",
     "predict_images",
     "predict_messages",
     "predict_one",
+    "predict_queries",
     "predict_schema",
 ]

@@ -22,8 +22,9 @@ from nmid_desktop.core.errors import ImageError, NmidError
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store.base import DescriptionRecord, ImageFilter, Store
 from nmid_desktop.lmm.client import LmmClient, MalformedResponseError, require_endpoint
-from nmid_desktop.lmm.cost import CostEstimate, PriceTable, check_budget, image_estimate
+from nmid_desktop.lmm.cost import CostEstimate, PriceTable, image_estimate
 from nmid_desktop.lmm.images import GeneratedImage, check_generated_image
+from nmid_desktop.lmm.paid_batch import paid_session
 from nmid_desktop.lmm.parsing import REASONING
 from nmid_desktop.lmm.questions import PromptTemplate, load_prompt
 from nmid_desktop.lmm.usage import record_paid_call
@@ -164,13 +165,7 @@ def synthesize_images(
     yield Progress(0, n, f"estimate: {total.summary()}", data=total)
     if dry_run:
         return result
-    check_budget(total, store.total_cost(), lmm.budget_usd)
-    own_client = client is None
-    client = client or LmmClient.from_settings(lmm)
-    try:
-        from nmid_desktop.lmm.catalog import require_model
-
-        require_model(client, "lmm.image_model", lmm.image_model)
+    with paid_session(lmm, total, store.total_cost(), model_setting="lmm.image_model", client=client) as session:
         price = prices.image(lmm.image_model)
         made_before = store.count_images(ImageFilter(synthetic=True))
         cost: float | None = 0.0
@@ -184,10 +179,10 @@ def synthesize_images(
                 # The salt makes "n more images" a new cache key, while a rerun after a crash
                 # (same library state) finds the images it already paid for.
                 salt = f":{image_id}:{made_before}:{round_no}"
-                answer = client.generate_images(request, cache_salt=salt, token=token)
+                answer = session.client.generate_images(request, cache_salt=salt, token=token)
                 round_no += 1
                 if not answer.images:
-                    raise MalformedResponseError(f"{client.endpoint.base_url} returned no images")
+                    raise MalformedResponseError(f"{session.client.endpoint.base_url} returned no images")
                 call_cost = None if price is None else (0.0 if answer.cached else price.cost(len(answer.images), quality, answer.tokens_in))
                 record_paid_call(store, "synthesize", answer, cost_usd=call_cost, images=len(answer.images),
                                  model=lmm.image_model)
@@ -210,9 +205,6 @@ def synthesize_images(
                 yield Progress(len(result.image_ids), n, f"{len(result.image_ids)} of {n} images made")
         result.cost_usd = cost
         return result
-    finally:
-        if own_client:
-            client.close()
 
 
 def _add(

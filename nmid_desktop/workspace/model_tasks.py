@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nmid_desktop.core.config import Settings
-from nmid_desktop.core.jobs import CancelToken, Job, Progress
+from nmid_desktop.core.jobs import CancelToken, Job
 from nmid_desktop.core.store import DescriptionRow, open_library
-from nmid_desktop.lmm.usage import record_paid_call
 from nmid_desktop.workspace.display import ModelAnswer
 
 
@@ -26,54 +25,56 @@ def endpoint_configured(settings: Settings) -> bool:
 
 
 def model_predict_job(
-    library: Path,
+    library: Path | str,
     settings: Settings,
     image_id: int,
     demos: Sequence[tuple[int, str]],
     token: CancelToken,
 ) -> Job[ModelAnswer]:
-    """Ask the vision model for one image's class from its demonstrations (stored, usage recorded).
+    """Ask the vision model for one image's class from the demonstrations the window shows.
+
+    The call takes the same paid-call path as ``nmid classify --predictor lmm``
+    (:func:`nmid_desktop.lmm.predict.predict_queries`): estimate, budget, model check,
+    usage and the stored prediction.
 
     Args:
-        library: The library folder.
+        library: The library folder or URL.
         settings: All settings.
         image_id: The query image.
         demos: ``(image_id, label)`` of the demonstrations, most similar first.
-        token: Cancels retry waits.
+        token: Cancels the request and retry waits.
 
     Raises:
         BudgetExceeded: When the call's estimate would pass the budget.
-        LmmError: Endpoint failures (after retries).
+        LmmError: A fatal endpoint failure (after retries).
+        NmidError: The call failed, with the endpoint's reason.
     """
-    from nmid_desktop.lmm.client import LmmClient
-    from nmid_desktop.lmm.cost import PriceTable, check_budget
-    from nmid_desktop.lmm.images import source_from_record, source_size
-    from nmid_desktop.lmm.predict import estimate_predict, predict_one
+    from nmid_desktop.core.errors import NmidError
+    from nmid_desktop.lmm.images import source_from_record
+    from nmid_desktop.lmm.predict import PredictQuery, predict_queries
 
     with open_library(library, create=False) as store:
         crop = settings.crop_data_bar
         query = source_from_record(store.get_image(image_id), crop_data_bar=crop)
         demo_sources = [(source_from_record(store.get_image(i), crop_data_bar=crop), label) for i, label in demos]
-        classes = [c.name for c in store.classes()]
-        prices = PriceTable.load()
-        estimate = estimate_predict(source_size(query), [source_size(s) for s, _ in demo_sources], classes, settings, prices)
-        check_budget(estimate, store.total_cost(), settings.lmm.budget_usd)
-        yield Progress(0, 1, f"asking {settings.lmm.vision_model}", data=estimate)
-        with LmmClient.from_settings(settings.lmm) as client:
-            prediction = predict_one(client, demo_sources, query, classes, settings, prices=prices, token=token)
-        record_paid_call(store, "predict", prediction, cost_usd=prediction.cost_usd, images=len(demo_sources) + 1)
-        store.add_prediction(prediction.record())
-        return ModelAnswer(
-            model=prediction.model,
-            label=prediction.label,
-            confidence=prediction.confidence,
-            rationale=prediction.rationale,
-            ranking=tuple(label for label, _ in prediction.ranking),
-            valid=prediction.valid,
-            reason=prediction.reason,
-            cost_usd=prediction.cost_usd or 0.0,
-            cached=prediction.cached,
-        )
+        job = predict_queries(store, [PredictQuery(image_id, query, demo_sources)], settings, token=token)
+        batch = yield from job
+    if batch.failures:
+        raise NmidError(f"the model call failed: {batch.failures[0][1]}")
+    if not batch:
+        raise NmidError("the model gave no answer" + (" (budget reached)" if batch.stopped else ""))
+    prediction = batch[0]
+    return ModelAnswer(
+        model=prediction.model,
+        label=prediction.label,
+        confidence=prediction.confidence,
+        rationale=prediction.rationale,
+        ranking=tuple(label for label, _ in prediction.ranking),
+        valid=prediction.valid,
+        reason=prediction.reason,
+        cost_usd=prediction.cost_usd or 0.0,
+        cached=prediction.cached,
+    )
 
 
 @dataclass(frozen=True)
