@@ -169,3 +169,28 @@ def test_library_copy_carries_keys_both_ways(tmp_path: Path, request: pytest.Fix
     assert _keys(dst) == {"a": 3, "b": 9, "c": 1, "d": 2}
     for store in (src, pg, dst):
         store.close()
+
+
+def test_classes_created_at_once_by_many_clients_get_distinct_keys(library: Library) -> None:
+    import threading
+
+    stores = [library.open(user=f"user{i}") for i in range(4)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(stores))
+
+    def create(store: Store, i: int) -> None:
+        try:
+            start.wait()
+            for j in range(3):
+                store.add_class(f"c{i}-{j}")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(s, i)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    keys = [k for k in _keys(stores[0]).values() if k is not None]
+    assert len(_keys(stores[0])) == 12 and sorted(keys) == list(range(1, 10))  # each key once, none lost
