@@ -281,6 +281,12 @@ def _cmd_classes(args: argparse.Namespace) -> int:
         elif command == "merge":
             n = store.merge_classes(args.source, args.target, actor=_actor())
             print(f"merged {args.source!r} into {args.target!r}: {n} images relabelled (undo with `nmid label undo`)")
+        elif command == "key":
+            changed = store.set_class_key(args.name, _parse_key(args.digit))
+            if not changed:
+                print(f"class {args.name!r} already has key {args.digit}")
+            for record in changed:
+                print(f"class {record.name!r}: key {record.key or '-'}")
         elif command == "describe":
             if args.description is None and args.color is None:
                 raise NmidError("give --description and/or --color")
@@ -293,8 +299,18 @@ def _cmd_classes(args: argparse.Namespace) -> int:
             width = max((len(c.name) for c in classes), default=0)
             for c in classes:
                 extra = "  ".join(x for x in (c.color, c.description) if x)
-                print(f"{c.name:<{width}}  {c.count:>6}  {extra}".rstrip())
+                print(f"{c.key or '-'}  {c.name:<{width}}  {c.count:>6}  {extra}".rstrip())
     return 0
+
+
+def _parse_key(text: str) -> int | None:
+    """A class key from the command line: a digit 1-9, or ``none`` for no key."""
+    text = text.strip().lower()
+    if text in ("none", "-", ""):
+        return None
+    if len(text) == 1 and text in "123456789":
+        return int(text)
+    raise NmidError(f"a class key is a digit 1-9 or 'none', not {text!r}")
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:
@@ -400,14 +416,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "classes",
-        help="list, add, rename, merge and describe classes",
-        description="The library's taxonomy. Without an action: list classes with image counts.",
+        help="list, add, rename, merge, key and describe classes",
+        description="The library's taxonomy. Without an action: list classes with number keys and image counts.",
     )
     # Not add_library_arg: a sub-parser's default would overwrite a --library given here.
     p.add_argument("--library", dest="classes_library", default=None, metavar="PATH|URL",
                    help="library folder or postgresql:// URL (also accepted after the action)")
     classes_sub = p.add_subparsers(dest="classes_command", metavar="ACTION")
-    q = classes_sub.add_parser("list", help="list classes with counts", description="List classes with counts.")
+    q = classes_sub.add_parser(
+        "list", help="list classes with keys and counts", description="List classes: number key, name, image count."
+    )
     add_library_arg(q)
     q = classes_sub.add_parser("add", help="add a class", description="Add a class.")
     q.add_argument("name", metavar="NAME")
@@ -424,6 +442,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("source", metavar="SOURCE")
     q.add_argument("target", metavar="TARGET")
+    add_library_arg(q)
+    q = classes_sub.add_parser(
+        "key", help="give a class a number key (1-9)",
+        description="Give class NAME the number key DIGIT (1-9) that labels with it in the window; the class "
+        "holding DIGIT takes NAME's old key. 'none' removes NAME's key. Keys belong to the library: every user "
+        "of a shared library gets the same."
+    )
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("digit", metavar="DIGIT")
     add_library_arg(q)
     q = classes_sub.add_parser("describe", help="set a class's description or colour", description="Describe a class.")
     q.add_argument("name", metavar="NAME")

@@ -337,8 +337,9 @@ class MainWindow(QMainWindow):
     def _on_ctx_status_changed(self, status: LibraryStatus) -> None:
         self.status.set_status(status, self.ctx.settings.lmm.budget_usd if self._model_configured() else None)
         colors = self.ctx.class_colors
-        if status.class_names != self.page.card.classes:
-            self.page.card.set_classes(status.class_names, colors)
+        card = self.page.card
+        if status.class_names != card.classes or status.class_keys != card.keys:  # keys live in the library
+            card.set_classes(status.class_names, colors, status.class_keys)
         # The location, never the URL as typed: a password in it is redacted.
         self.setWindowTitle(f"nmid-desktop — {status.location or status.root}")
 

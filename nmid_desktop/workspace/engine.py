@@ -40,11 +40,12 @@ DEMOS_INCLUDE_PENDING = False  # the window's and the batch's demonstrations: ac
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One class with its colour and image count."""
+    """One class with its colour, image count and number key (1-9, None: no key)."""
 
     name: str
     color: str
     count: int
+    key: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class LibraryStatus:
     def class_names(self) -> list[str]:
         """Class names in taxonomy order."""
         return [c.name for c in self.classes]
+
+    @property
+    def class_keys(self) -> dict[str, int]:
+        """The library's number keys: class name -> digit (classes without a key left out)."""
+        return {c.name: c.key for c in self.classes if c.key is not None}
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,7 @@ class Engine:
     def status(self) -> LibraryStatus:
         """Counts, taxonomy, encoder and index state, spending."""
         store = self.store
-        classes = tuple(ClassInfo(c.name, c.color, c.count) for c in store.classes())
+        classes = tuple(ClassInfo(c.name, c.color, c.count, c.key) for c in store.classes())
         n_images = store.count_images()
         n_labelled = store.count_images(ImageFilter(unlabelled=False))
         n_rejected = store.count_images(ImageFilter(unlabelled=False, review="rejected"))
@@ -448,6 +454,20 @@ class Engine:
             raise ValueError(f"unknown class action {action!r}")
         self._notify([r.id for r in store.iter_images(ImageFilter(label=label))])
         return done
+
+    def set_class_key(self, name: str, key: int | None) -> str:
+        """Give a class number key ``key`` (1-9, None for none), swapping with its holder.
+
+        Returns:
+            A line saying what changed.
+
+        Raises:
+            LabelError: Unknown class or a key outside 1-9.
+        """
+        changed = self.store.set_class_key(name, key)
+        if not changed:
+            return f"Class {name!r} already has that key"
+        return "Keys: " + ", ".join(f"{c.name!r} {c.key or 'none'}" for c in changed)
 
     def _notify(self, ids: list[int]) -> None:
         classifier = self.classifier

@@ -15,7 +15,8 @@ from nmid_desktop.core.store import open_library
 LIBRARY_COMMANDS = [
     ["demo"], ["import"], ["stats"], ["label"], ["label", "set"], ["label", "clear"], ["label", "accept"],
     ["label", "reject"], ["label", "undo"], ["label", "redo"], ["label", "history"], ["classes"],
-    ["classes", "list"], ["classes", "add"], ["classes", "rename"], ["classes", "merge"], ["classes", "describe"],
+    ["classes", "list"], ["classes", "add"], ["classes", "rename"], ["classes", "merge"], ["classes", "key"],
+    ["classes", "describe"],
     ["export"],
 ]
 
@@ -94,7 +95,11 @@ def test_import_stats_label_classes_export_round_trip(data: Path, tmp_path: Path
     code, out, _ = _nmid(capsys, "classes", "merge", "crack", "pores", "--library", lib)
     assert code == 0 and "1 images relabelled" in out
     code, out, _ = _nmid(capsys, "classes", "--library", lib)
-    assert code == 0 and out.split() == ["pores", "3", "wires", "4"]
+    assert code == 0 and out.split() == ["1", "pores", "3", "2", "wires", "4"]  # keys, names, counts
+    code, out, _ = _nmid(capsys, "classes", "key", "wires", "1", "--library", lib)  # swaps with pores
+    assert code == 0 and out.splitlines() == ["class 'wires': key 1", "class 'pores': key 2"]
+    code, out, _ = _nmid(capsys, "classes", "--library", lib)
+    assert out.split() == ["2", "pores", "3", "1", "wires", "4"]
 
     out_dir = tmp_path / "export"
     code, out, _ = _nmid(capsys, "export", out_dir, "--split", "0.5,0.25,0.25", "--seed", "1", "--library", lib)
@@ -138,6 +143,9 @@ def test_label_errors_on_an_existing_library(data: Path, tmp_path: Path, capsys)
         (["label", "set", "zz", "x"], "neither an image id"),
         (["label", "accept", "1"], "no label to accept"),
         (["classes", "rename", "none", "x"], "no class"),
+        (["classes", "key", "none", "1"], "no class"),
+        (["classes", "key", "pores", "0"], "digit 1-9 or 'none'"),
+        (["classes", "key", "pores", "12"], "digit 1-9 or 'none'"),
         (["export", lib], "not empty"),
     ):
         code, _, err = _nmid(capsys, *argv, "--library", lib)

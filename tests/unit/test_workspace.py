@@ -128,3 +128,18 @@ def test_export_and_browse_jobs(demo_library: Path, tmp_path: Path) -> None:
         assert len(rows) == 15
         queue = run_job(fetch_rows(store, BrowserQuery(order="uncertain")))
         assert queue == []  # everything is labelled and accepted: nothing to review
+
+
+def test_engine_reports_and_reassigns_the_librarys_class_keys(demo_library: Path, encoder) -> None:
+    engine = Engine(demo_library, Settings(), encoder=encoder)
+    try:
+        keys = engine.status().class_keys
+        assert sorted(keys.values()) == [1, 2, 3, 4, 5]
+        holder = next(name for name, key in keys.items() if key == 1)
+        other = next(name for name, key in keys.items() if key == 5)
+        done = engine.set_class_key(other, 1)
+        assert done == f"Keys: {other!r} 1, {holder!r} 5"
+        assert engine.status().class_keys == {**keys, other: 1, holder: 5}
+        assert engine.set_class_key(other, 1) == f"Class {other!r} already has that key"
+    finally:
+        engine.close()

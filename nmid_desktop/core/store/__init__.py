@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nmid_desktop.core.errors import LibraryError
 from nmid_desktop.core.store.base import (
+    CLASS_KEYS,
     LABEL_SOURCES,
     REVIEW_STATES,
     SPLITS,
@@ -26,6 +27,7 @@ from nmid_desktop.core.store.base import (
 from nmid_desktop.core.store.sqlite import DB_NAME, SCHEMA_VERSION, SqliteStore
 
 __all__ = [
+    "CLASS_KEYS",
     "DB_NAME",
     "LABEL_SOURCES",
     "REVIEW_STATES",

@@ -29,6 +29,7 @@ JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "Jso
 LABEL_SOURCES = ("import", "expert", "local", "lmm", "synthetic")
 REVIEW_STATES = ("pending", "accepted", "rejected")
 SPLITS = ("train", "val", "test")
+CLASS_KEYS = range(1, 10)  # the digit keys a class can hold
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class ClassRecord:
     description: str
     color: str  # "#rrggbb" or ""
     count: int  # images currently carrying this label (rejected excluded)
+    # The number key (1-9) that labels with this class, stored in the library so it is the
+    # same for every user and survives new classes, renames and merges; None: no key.
+    key: int | None = None
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,21 @@ class Store(abc.ABC):
 
         Returns:
             The number of images relabelled.
+        """
+
+    @abc.abstractmethod
+    def set_class_key(self, name: str, key: int | None) -> list[ClassRecord]:
+        """Give a class number key ``key`` (1-9), or none with None, in one transaction.
+
+        The class that held ``key`` takes this class's old key (a swap; none if it had none).
+        New classes take the lowest free key; a rename keeps it, a merge keeps the target's
+        and frees the source's, a delete frees it.
+
+        Returns:
+            The classes whose key changed (one, or two for a swap).
+
+        Raises:
+            LabelError: No such class, or ``key`` outside 1-9.
         """
 
     @abc.abstractmethod

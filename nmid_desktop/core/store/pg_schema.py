@@ -1,4 +1,4 @@
-"""The PostgreSQL library schema, as migrations (the same tables and columns as SQLite's v2).
+"""The PostgreSQL library schema, as migrations (the same tables and columns as SQLite's v3).
 
 Column names and meanings match ``sqlite.py`` exactly, so the shared logic in
 ``sql.py`` and ``nmid library copy`` work on both. Flags stay INTEGER 0/1 (not
@@ -141,6 +141,15 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE TABLE applied_ops (token TEXT PRIMARY KEY, event_id BIGINT NOT NULL, at TEXT NOT NULL)",
         "INSERT INTO meta (key, value) VALUES ('labels_version', '0')",
+    ],
+    # v2: number keys belong to the library (issue 13.6). Existing classes get the keys they had
+    # by alphabetical position (1-9, in this server's collation, as the window ordered them), so
+    # nobody's muscle memory changes on upgrade.
+    [
+        "ALTER TABLE classes ADD COLUMN key INTEGER CHECK (key BETWEEN 1 AND 9)",
+        """UPDATE classes SET key = (SELECT COUNT(*) FROM classes c2 WHERE c2.name < classes.name) + 1
+           WHERE (SELECT COUNT(*) FROM classes c2 WHERE c2.name < classes.name) < 9""",
+        "CREATE UNIQUE INDEX classes_key ON classes(key)",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -21,6 +21,7 @@ from nmid_desktop.core.errors import (
 )
 from nmid_desktop.core.labels import validate_label
 from nmid_desktop.core.store.base import (
+    CLASS_KEYS,
     ClassRecord,
     ImageFilter,
     ImageRecord,
@@ -315,7 +316,7 @@ class SqlBase(Store):
                FROM classes c WHERE c.id = ?""",
             (class_id,),
         ).fetchone()
-        return ClassRecord(row["id"], row["name"], row["description"], row["color"], row["n"])
+        return ClassRecord(row["id"], row["name"], row["description"], row["color"], row["n"], row["key"])
 
     def _require_class(self, name: str) -> _DbRow:
         row = self._class_row(validate_label(name))
@@ -329,11 +330,21 @@ class SqlBase(Store):
         row = self._class_row(name)
         if row is None:
             # DO NOTHING: a colleague may create the same class at the same moment.
-            self._q("INSERT INTO classes (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, _now()))
+            # Class creation runs after _bump() (its row lock serialises writers), so the
+            # lowest free key read here is still free at the insert.
+            self._q(
+                "INSERT INTO classes (name, created_at, key) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, _now(), self._free_key()),
+            )
             row = self._class_row(name)
             if row is None:  # pragma: no cover - the insert or the colleague's row is there
                 raise LibraryError(f"class {name!r} could not be created")
         return int(row["id"])
+
+    def _free_key(self) -> int | None:
+        """The lowest number key no class holds; None when 1-9 are all taken."""
+        used = {int(r[0]) for r in self._q("SELECT key FROM classes WHERE key IS NOT NULL").fetchall()}
+        return next((k for k in CLASS_KEYS if k not in used), None)
 
     @staticmethod
     def _check_color(color: str) -> str:
@@ -344,11 +355,11 @@ class SqlBase(Store):
 
     def classes(self) -> list[ClassRecord]:
         rows = self._q(
-            """SELECT c.id, c.name, c.description, c.color, COUNT(i.id) AS n FROM classes c
+            """SELECT c.id, c.name, c.description, c.color, c.key, COUNT(i.id) AS n FROM classes c
                LEFT JOIN images i ON i.class_id = c.id AND i.review != 'rejected'
                GROUP BY c.id ORDER BY c.name"""
         ).fetchall()
-        return [ClassRecord(r["id"], r["name"], r["description"], r["color"], r["n"]) for r in rows]
+        return [ClassRecord(r["id"], r["name"], r["description"], r["color"], r["n"], r["key"]) for r in rows]
 
 
 def _copy_hashing(source: Path, target: Path) -> str:

@@ -15,6 +15,7 @@ from nmid_desktop.core.errors import (
 )
 from nmid_desktop.core.labels import validate_label
 from nmid_desktop.core.store.base import (
+    CLASS_KEYS,
     LABEL_SOURCES,
     REVIEW_STATES,
     ClassRecord,
@@ -77,6 +78,30 @@ class LabelsMixin(SqlBase):
             )
             return self._class_record(row["id"])
 
+    def set_class_key(self, name: str, key: int | None) -> list[ClassRecord]:
+        if key is not None and (isinstance(key, bool) or not isinstance(key, int) or key not in CLASS_KEYS):
+            raise LabelError(f"a class key must be a digit 1-9, not {key!r}")
+        # Idempotent (a retry after a lost reply finds the key already in place).
+        return self._write(lambda: self._set_class_key(name, key))
+
+    def _set_class_key(self, name: str, key: int | None) -> list[ClassRecord]:
+        with self.transaction():
+            self._bump()  # first: serialises writers, so the holder read below is current
+            row = self._require_class(name)
+            old = row["key"]
+            if old == key:
+                return []
+            holder = None if key is None else self._q("SELECT id FROM classes WHERE key = ?", (key,)).fetchone()
+            # Free the key before taking it: the unique index is checked statement by statement.
+            if holder is not None:
+                self._q("UPDATE classes SET key = NULL WHERE id = ?", (holder["id"],))
+            self._q("UPDATE classes SET key = ? WHERE id = ?", (key, row["id"]))
+            changed = [row["id"]]
+            if holder is not None:
+                self._q("UPDATE classes SET key = ? WHERE id = ?", (old, holder["id"]))
+                changed.append(holder["id"])
+            return [self._class_record(class_id) for class_id in changed]
+
     def delete_class(self, name: str) -> None:
         with self.transaction():
             row = self._require_class(name)
@@ -99,6 +124,7 @@ class LabelsMixin(SqlBase):
                 return len(self._q("SELECT id FROM label_events WHERE grp = ?", (done,)).fetchall())
             src = self._require_class(source)
             version = self._bump()
+            target_is_new = self._class_row(validate_label(target)) is None
             target_id = self._class_id(target)
             if target_id == src["id"]:
                 raise LabelError(f"cannot merge class {src['name']!r} into itself")
@@ -110,14 +136,19 @@ class LabelsMixin(SqlBase):
                 row = self._image_row(image_id)
                 # A merge changes the taxonomy, not the judgement: provenance and review stay.
                 prov = self._prov(row)
+                # The source's key rides on the event, so an undo that re-creates the class restores it.
                 event_id = self._insert_event(
-                    "merge", row, target_id, row["review"], prov, source="expert", actor=actor, at=now, grp=group
+                    "merge", row, target_id, row["review"], prov, source="expert", actor=actor, at=now, grp=group,
+                    old_prov={**prov, "class_key": src["key"]},
                 )
                 if group is None:
                     group = event_id
                     self._q("UPDATE label_events SET grp = ? WHERE id = ?", (group, event_id))
                 self._apply(image_id, target_id, row["review"], prov, version)
             self._q("DELETE FROM classes WHERE id = ?", (src["id"],))
+            if target_is_new and src["key"] is not None:
+                # Merging into a new name is a rename of the source: it keeps the source's key.
+                self._q("UPDATE classes SET key = ? WHERE id = ?", (src["key"], target_id))
             if group is not None:
                 self._op_mark(token, group)
             return len(ids)
@@ -149,7 +180,9 @@ class LabelsMixin(SqlBase):
         confidence: float | None = None,
         grp: int | None = None,
         discarded: int = 0,
+        old_prov: dict[str, Any] | None = None,
     ) -> int:
+        old = self._prov(row) if old_prov is None else old_prov
         new_name = None
         if new_class_id is not None:
             new_name = self._q("SELECT name FROM classes WHERE id = ?", (new_class_id,)).fetchone()[0]
@@ -160,7 +193,7 @@ class LabelsMixin(SqlBase):
                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 grp, kind, row["id"], row["class_id"], row["label"], new_class_id, new_name, row["review"],
-                new_review, json.dumps(self._prov(row)), json.dumps(new_prov), source, actor or self.user, model,
+                new_review, json.dumps(old), json.dumps(new_prov), source, actor or self.user, model,
                 prompt_version, confidence, at, self.user, discarded,
             ),
         )
@@ -382,10 +415,20 @@ class LabelsMixin(SqlBase):
             now = _now()
             for ev in group:
                 class_id = self._resolve_class(ev["old_class_id"], ev["old_label"])
-                self._apply(ev["image_id"], class_id, ev["old_review"], json.loads(ev["old_prov"]), version)
+                old_prov = json.loads(ev["old_prov"])
+                if ev["old_class_id"] is None and class_id is not None:
+                    self._restore_key(class_id, old_prov.get("class_key"))
+                self._apply(ev["image_id"], class_id, ev["old_review"], old_prov, version)
                 self._q("UPDATE label_events SET undone = 1, undone_at = ? WHERE id = ?", (now, ev["id"]))
             self._op_mark(token, top["id"])
             return self._event(top["id"])
+
+    def _restore_key(self, class_id: int, key: object) -> None:
+        """Give a class re-created by an undone merge its old key back, unless another class holds it now."""
+        if not isinstance(key, int) or key not in CLASS_KEYS:
+            return
+        if self._q("SELECT 1 FROM classes WHERE key = ? AND id != ?", (key, class_id)).fetchone() is None:
+            self._q("UPDATE classes SET key = ? WHERE id = ?", (key, class_id))
 
     def redo(self) -> LabelEvent | None:
         token = uuid.uuid4().hex

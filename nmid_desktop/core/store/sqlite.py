@@ -184,6 +184,14 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE label_events ADD COLUMN user_name TEXT NOT NULL DEFAULT ''",
         "CREATE TABLE applied_ops (token TEXT PRIMARY KEY, event_id INTEGER NOT NULL, at TEXT NOT NULL)",
     ],
+    # v3: number keys belong to the library (issue 13.6). Existing classes get the keys they
+    # had by alphabetical position (1-9), so nobody's muscle memory changes on upgrade.
+    [
+        "ALTER TABLE classes ADD COLUMN key INTEGER CHECK (key BETWEEN 1 AND 9)",
+        """UPDATE classes SET key = (SELECT COUNT(*) FROM classes c2 WHERE c2.name < classes.name) + 1
+           WHERE (SELECT COUNT(*) FROM classes c2 WHERE c2.name < classes.name) < 9""",
+        "CREATE UNIQUE INDEX classes_key ON classes(key)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

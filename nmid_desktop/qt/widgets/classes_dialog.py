@@ -1,6 +1,8 @@
-"""Rename, merge and delete classes from the window, as ``nmid classes`` does."""
+"""Rename, merge, delete and key classes from the window, as ``nmid classes`` does."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -15,11 +17,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from nmid_desktop.core.store import CLASS_KEYS
 from nmid_desktop.qt.context import ENGINE_LANE, AppContext
 from nmid_desktop.qt.workers import JobHandle
 from nmid_desktop.workspace.engine import Engine, LibraryStatus
 
 NameRole = Qt.ItemDataRole.UserRole + 1
+KeyRole = Qt.ItemDataRole.UserRole + 2
 
 
 class ClassesDialog(QDialog):
@@ -41,6 +45,24 @@ class ClassesDialog(QDialog):
         self.merge_button = QPushButton("Merge into", self)
         self.delete_button = QPushButton("Delete", self)
         self.delete_button.setToolTip("Delete a class no image carries")
+        # One button per number key: a click gives the selected class that key (its holder
+        # takes the selected class's old one); "none" removes the key.
+        keys_row = QHBoxLayout()
+        keys_row.addWidget(QLabel("Key:", self))
+        self.key_buttons: dict[int | None, QPushButton] = {}
+        for key in (*CLASS_KEYS, None):
+            button = QPushButton(str(key) if key is not None else "none", self)
+            button.setObjectName("classKeyButton")
+            button.setCheckable(True)
+            button.setAutoExclusive(False)
+            button.setToolTip(
+                f"Label with this class by pressing {key} (swaps with the class that has it)"
+                if key is not None else "No number key for this class (still selectable by typing)"
+            )
+            button.clicked.connect(lambda _=False, k=key: self._change_key(k))
+            keys_row.addWidget(button)
+            self.key_buttons[key] = button
+        keys_row.addStretch(1)
         self.message = QLabel("Select a class.", self)
         self.message.setWordWrap(True)
         close = QPushButton("Close", self)
@@ -54,6 +76,7 @@ class ClassesDialog(QDialog):
         layout.addWidget(self.list, 1)
         layout.addWidget(self.name_edit)
         layout.addLayout(row)
+        layout.addLayout(keys_row)
         layout.addWidget(self.message)
         self.rename_button.clicked.connect(lambda: self._change("rename"))
         self.merge_button.clicked.connect(lambda: self._change("merge"))
@@ -68,8 +91,10 @@ class ClassesDialog(QDialog):
         current = self.selected()
         self.list.clear()
         for info in status.classes:
-            item = QListWidgetItem(f"{info.name}   ({info.count} image{'s' if info.count != 1 else ''})")
+            key = f"   · key {info.key}" if info.key is not None else ""
+            item = QListWidgetItem(f"{info.name}   ({info.count} image{'s' if info.count != 1 else ''}){key}")
             item.setData(NameRole, info.name)
+            item.setData(KeyRole, info.key)
             item.setData(Qt.ItemDataRole.UserRole, info.count)
             self.list.addItem(item)
             if info.name == current:
@@ -89,6 +114,28 @@ class ClassesDialog(QDialog):
         self.rename_button.setEnabled(not busy and name is not None and bool(other) and other != name)
         self.merge_button.setEnabled(not busy and name is not None and other in self.ctx.class_names and other != name)
         self.delete_button.setEnabled(not busy and name is not None and empty)
+        current = None if item is None else item.data(KeyRole)
+        for key, button in self.key_buttons.items():
+            button.setEnabled(not busy and name is not None)
+            button.setChecked(name is not None and key == current)
+
+    def selected_key(self) -> int | None:
+        """The number key of the class selected in the list (None: no key, or nothing selected)."""
+        item = self.list.currentItem()
+        return None if item is None or item.data(KeyRole) is None else int(item.data(KeyRole))
+
+    def _change_key(self, key: int | None) -> JobHandle | None:
+        name = self.selected()
+        if name is None:
+            return None
+        if key == self.selected_key():
+            self._update_buttons()  # a click on the key it has: nothing to do (keep it checked)
+            return None
+
+        def factory(eng: Engine, token: object) -> str:
+            return eng.set_class_key(name, key)
+
+        return self._start(factory)
 
     def _change(self, action: str) -> JobHandle | None:
         name, other = self.selected(), self.name_edit.text().strip()
@@ -98,6 +145,9 @@ class ClassesDialog(QDialog):
         def factory(eng: Engine, token: object) -> str:
             return eng.change_class(action, name, other, actor="")
 
+        return self._start(factory)
+
+    def _start(self, factory: Callable[[Engine, object], str]) -> JobHandle:
         self.message.setText("Working…")
         handle = self.ctx.jobs.start("classes", factory, lane=ENGINE_LANE)
         handle.finished.connect(self._on_finished)

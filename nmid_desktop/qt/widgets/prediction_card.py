@@ -170,6 +170,7 @@ class PredictionCard(QFrame):
         layout.addWidget(self._chips_host)
 
         self.classes: list[str] = []
+        self.keys: dict[str, int] = {}  # class -> number key, as the library stores them
         self.colors: dict[str, QColor] = {}
         self.suggested: str | None = None
         self.accept_label: str | None = None
@@ -178,32 +179,45 @@ class PredictionCard(QFrame):
         self.set_enabled_for_image(False)
 
     # -- content ------------------------------------------------------------------------------
-    def set_classes(self, classes: Sequence[str], explicit_colors: dict[str, str] | None = None) -> None:
-        """The taxonomy: completion list, colours and the numbered chips (1-9)."""
+    def set_classes(
+        self,
+        classes: Sequence[str],
+        explicit_colors: dict[str, str] | None = None,
+        keys: dict[str, int] | None = None,
+    ) -> None:
+        """The taxonomy: completion list, colours and the chips, numbered by the library's keys.
+
+        ``keys`` (class -> digit) are the library's stored keys; without them the first nine
+        classes in order get 1-9 (a card shown without a library).
+        """
         self.classes = list(classes)
+        if keys is None:
+            keys = {name: i + 1 for i, name in enumerate(self.classes[:NUMBERED_CLASSES])}
+        self.keys = {name: key for name, key in keys.items() if name in self.classes and 1 <= key <= NUMBERED_CLASSES}
         explicit_colors = explicit_colors or {}
         self.colors = {c: class_color(c, self.classes, explicit_colors.get(c, "")) for c in self.classes}
         self._completer_model.setStringList(self.classes)
         self._chips.clear()
-        for index, name in enumerate(self.classes):
-            prefix = f"{index + 1}  " if index < NUMBERED_CLASSES else ""
+        # Chips in key order, then the classes without a key by name: the row reads 1, 2, 3 ...
+        ordered = sorted(self.classes, key=lambda n: (self.keys.get(n, NUMBERED_CLASSES + 1), self.classes.index(n)))
+        for name in ordered:
+            key = self.keys.get(name)
+            prefix = f"{key}  " if key is not None else ""
             chip = QPushButton(f"{prefix}{name}", self._chips_host)
             chip.setObjectName("classChip")
             color = self.colors[name]
             chip.setStyleSheet(
                 f"QPushButton#classChip {{ border-left: 4px solid {color.name()}; }}"
             )
-            chip.setToolTip(f"Label as '{name}'" + (f" (key {index + 1})" if index < NUMBERED_CLASSES else ""))
+            chip.setToolTip(f"Label as '{name}'" + (f" (key {key})" if key is not None else ""))
             chip.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             chip.clicked.connect(lambda _=False, n=name: self.label_chosen.emit(n))
             self._chips.addWidget(chip)
         self._chips_host.updateGeometry()
 
     def class_for_key(self, number: int) -> str | None:
-        """The class behind number key ``number`` (1-based), if any."""
-        if 1 <= number <= min(NUMBERED_CLASSES, len(self.classes)):
-            return self.classes[number - 1]
-        return None
+        """The class behind number key ``number`` (the library's key), if any."""
+        return next((name for name, key in self.keys.items() if key == number), None)
 
     def set_enabled_for_image(self, enabled: bool) -> None:
         """Enable the decision controls only while an image is shown."""
