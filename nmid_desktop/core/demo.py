@@ -324,10 +324,6 @@ def generate_demo(
     per_class: int = 60,
     seed: int = 0,
     size: int = 256,
-    *,
-    height: int | None = None,
-    fine: bool = False,
-    counts: Sequence[int] | None = None,
 ) -> Job[list[tuple[Path, str]]]:
     """Write the demo library as PNGs in ImageFolder layout: ``out_dir/<class>/<class>_NNN.png``.
 
@@ -339,11 +335,7 @@ def generate_demo(
         out_dir: Target folder (created if missing).
         per_class: Images per class.
         seed: Random seed.
-        size: Image width in pixels (and height, unless ``height`` is given).
-        height: Image height in pixels; None: square.
-        fine: Features at their 256 px sizes in any frame (see :func:`make_demo_image`).
-        counts: Images per class, one count per class of :data:`DEMO_CLASSES` in order
-            (an imbalanced library); None: ``per_class`` each.
+        size: Image side in pixels.
 
     Yields:
         Progress after each image (each yield is a cancel point).
@@ -357,12 +349,43 @@ def generate_demo(
     """
     if per_class < 1:
         raise NmidError(f"per_class must be at least 1, not {per_class}")
+    return (yield from generate_custom_demo(out_dir, [per_class] * len(DEMO_CLASSES), seed=seed, size=size))
+
+
+def generate_custom_demo(
+    out_dir: Path,
+    counts: Sequence[int],
+    *,
+    seed: int = 0,
+    size: int = 256,
+    height: int | None = None,
+    fine: bool = False,
+) -> Job[list[tuple[Path, str]]]:
+    """:func:`generate_demo` with per-class counts, any frame and fine structure (harder proxies).
+
+    Image ``i`` of a class is the same file as in :func:`generate_demo` with the same seed,
+    size and defaults, whatever the counts.
+
+    Args:
+        out_dir: Target folder (created if missing).
+        counts: Images per class, one count per class of :data:`DEMO_CLASSES` in order
+            (unequal counts: an imbalanced library).
+        seed: Random seed.
+        size: Image width in pixels (and height, unless ``height`` is given).
+        height: Image height in pixels; None: square.
+        fine: Features at their 256 px sizes in any frame (see :func:`make_demo_image`).
+
+    Returns:
+        ``(path, label)`` for every image written, in class order.
+
+    Raises:
+        NmidError: Counts that are not one per class of at least 1, ``seed`` negative, a
+            side below 64, or the folder cannot be written.
+    """
     if seed < 0:
         raise NmidError(f"seed must be 0 or more, not {seed}")
     if min(size, size if height is None else height) < 64:
         raise NmidError(f"demo images must be at least 64 pixels, not {size}")
-    if counts is None:
-        counts = [per_class] * len(DEMO_CLASSES)
     counts = [int(n) for n in counts]
     if len(counts) != len(DEMO_CLASSES) or min(counts) < 1:
         raise NmidError(f"counts must give {len(DEMO_CLASSES)} class sizes of at least 1, not {counts}")

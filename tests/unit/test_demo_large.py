@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nmid_desktop.core.demo import DEMO_CLASSES, generate_demo, make_demo_image
+from nmid_desktop.core.demo import DEMO_CLASSES, generate_custom_demo, generate_demo, make_demo_image
 from nmid_desktop.core.errors import NmidError
 from nmid_desktop.core.jobs import run_job
 
@@ -44,7 +44,7 @@ def test_fine_keeps_features_small_in_a_large_frame(cls: str) -> None:
 
 
 def test_counts_give_an_imbalanced_library(tmp_path: Path) -> None:
-    written = run_job(generate_demo(tmp_path, seed=2, size=64, counts=(3, 1, 1, 2, 1)))
+    written = run_job(generate_custom_demo(tmp_path, (3, 1, 1, 2, 1), seed=2, size=64))
     per_class = {c: sum(label == c for _, label in written) for c in DEMO_CLASSES}
     assert list(per_class.values()) == [3, 1, 1, 2, 1]
     # Image i of a class is the same file whatever the counts (own generator per image).
@@ -54,8 +54,8 @@ def test_counts_give_an_imbalanced_library(tmp_path: Path) -> None:
 
 def test_bad_counts_and_height() -> None:
     with pytest.raises(NmidError, match="counts"):
-        next(generate_demo(Path("unused"), counts=(1, 2)))
+        next(generate_custom_demo(Path("unused"), (1, 2)))
     with pytest.raises(NmidError, match="counts"):
-        next(generate_demo(Path("unused"), counts=(1, 0, 1, 1, 1)))
+        next(generate_custom_demo(Path("unused"), (1, 0, 1, 1, 1)))
     with pytest.raises(NmidError, match="at least 64"):
         make_demo_image("porous", np.random.default_rng(0), size=128, height=40)
