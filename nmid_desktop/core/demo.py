@@ -15,7 +15,7 @@ the same seed gives byte-identical PNG files.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +142,13 @@ def _patterned(rng: np.random.Generator, h: int, w: int, scale: float) -> np.nda
     return 0.25 + 0.45 * edge + 0.3 * rim
 
 
-def _fibres(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+def _fibres(rng: np.random.Generator, h: int, w: int, scale: float, per_area: bool = False) -> np.ndarray:
     base = 0.15 + 0.06 * _smooth_noise(rng, (h, w), 25)
     ss = 2
     image, draw = _canvas(h * ss, w * ss, 0)
     count = int(rng.uniform(8, 20))
+    if per_area:  # fine-structure frames: as many fibres per area as in a 256 px image
+        count = int(round(count * max(1.0, h * w / 256**2)))
     for _ in range(count):
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         heading = rng.uniform(0, 2 * math.pi)
@@ -271,35 +273,48 @@ def make_demo_image(
     rng: np.random.Generator,
     size: int = 256,
     with_bar: bool | None = None,
+    *,
+    height: int | None = None,
+    fine: bool = False,
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Draw one micrograph-like image of a demo class.
 
     Args:
         cls: One of :data:`DEMO_CLASSES`.
         rng: The random source (the image is a pure function of its state).
-        size: Width and height in pixels (at least 64).
+        size: Width in pixels (at least 64), and the height unless ``height`` is given.
         with_bar: Force a data bar on or off; None draws one in about 80% of images.
+        height: Height in pixels (at least 64); None: ``size`` (square).
+        fine: Keep features at their 256 px sizes whatever the frame (a large frame then
+            holds many small features, as a high-resolution SEM image does); False scales
+            features with the width, so every size looks like the 256 px image.
 
     Returns:
-        ``(image, box)``: a (size, size) uint8 image and the true micrograph box
+        ``(image, box)``: a (height, size) uint8 image and the true micrograph box
         ``(x0, y0, x1, y1)``, which excludes the data bar.
 
     Raises:
-        NmidError: For an unknown class or a size below 64.
+        NmidError: For an unknown class or a side below 64.
     """
     if cls not in _PAINTERS:
         raise NmidError(f"unknown demo class {cls!r}; choose from {', '.join(DEMO_CLASSES)}")
-    if size < 64:
-        raise NmidError(f"demo images must be at least 64 pixels, not {size}")
-    scale = float(np.exp(rng.uniform(math.log(0.6), math.log(1.7)))) * size / 256
+    height = size if height is None else height
+    if min(size, height) < 64:
+        raise NmidError(f"demo images must be at least 64 pixels, not {size} x {height}")
+    scale = float(np.exp(rng.uniform(math.log(0.6), math.log(1.7))))
+    if not fine:
+        scale = scale * size / 256
     if with_bar is None:
         with_bar = bool(rng.random() >= _NO_BAR_PROBABILITY)
-    bar_height = int(round(size * rng.uniform(0.09, 0.16))) if with_bar else 0
-    micro_h = size - bar_height
-    surface = _PAINTERS[cls](rng, micro_h, size, scale)
+    bar_height = int(round(height * rng.uniform(0.09, 0.16))) if with_bar else 0
+    micro_h = height - bar_height
+    if fine and cls == "fibres":
+        surface = _fibres(rng, micro_h, size, scale, per_area=True)
+    else:
+        surface = _PAINTERS[cls](rng, micro_h, size, scale)
     micrograph = _imaging(rng, surface)
     if not with_bar:
-        return micrograph, (0, 0, size, size)
+        return micrograph, (0, 0, size, height)
     bar = _draw_bar(rng, size, bar_height, scale)
     return np.vstack([micrograph, bar]), (0, 0, size, micro_h)
 
@@ -334,12 +349,48 @@ def generate_demo(
     """
     if per_class < 1:
         raise NmidError(f"per_class must be at least 1, not {per_class}")
+    return (yield from generate_custom_demo(out_dir, [per_class] * len(DEMO_CLASSES), seed=seed, size=size))
+
+
+def generate_custom_demo(
+    out_dir: Path,
+    counts: Sequence[int],
+    *,
+    seed: int = 0,
+    size: int = 256,
+    height: int | None = None,
+    fine: bool = False,
+) -> Job[list[tuple[Path, str]]]:
+    """:func:`generate_demo` with per-class counts, any frame and fine structure (harder proxies).
+
+    Image ``i`` of a class is the same file as in :func:`generate_demo` with the same seed,
+    size and defaults, whatever the counts.
+
+    Args:
+        out_dir: Target folder (created if missing).
+        counts: Images per class, one count per class of :data:`DEMO_CLASSES` in order
+            (unequal counts: an imbalanced library).
+        seed: Random seed.
+        size: Image width in pixels (and height, unless ``height`` is given).
+        height: Image height in pixels; None: square.
+        fine: Features at their 256 px sizes in any frame (see :func:`make_demo_image`).
+
+    Returns:
+        ``(path, label)`` for every image written, in class order.
+
+    Raises:
+        NmidError: Counts that are not one per class of at least 1, ``seed`` negative, a
+            side below 64, or the folder cannot be written.
+    """
     if seed < 0:
         raise NmidError(f"seed must be 0 or more, not {seed}")
-    if size < 64:
+    if min(size, size if height is None else height) < 64:
         raise NmidError(f"demo images must be at least 64 pixels, not {size}")
+    counts = [int(n) for n in counts]
+    if len(counts) != len(DEMO_CLASSES) or min(counts) < 1:
+        raise NmidError(f"counts must give {len(DEMO_CLASSES)} class sizes of at least 1, not {counts}")
     out_dir = Path(out_dir)
-    total = per_class * len(DEMO_CLASSES)
+    total = sum(counts)
     written: list[tuple[Path, str]] = []
     for class_index, cls in enumerate(DEMO_CLASSES):
         folder = out_dir / cls
@@ -347,9 +398,9 @@ def generate_demo(
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise NmidError(f"cannot create {folder}: {exc.strerror or exc}") from None
-        for i in range(per_class):
+        for i in range(counts[class_index]):
             rng = np.random.default_rng([seed, class_index, i])
-            image, _ = make_demo_image(cls, rng, size=size)
+            image, _ = make_demo_image(cls, rng, size=size, height=height, fine=fine)
             path = folder / f"{cls}_{i:03d}.png"
             try:
                 Image.fromarray(image).save(path, format="PNG", optimize=False)

@@ -35,14 +35,21 @@ class ProbePredictor:
         c: Inverse regularisation strength of the logistic regression.
         max_iter: Solver iterations (L-BFGS).
         seed: Random state, for reproducible fits.
+        balanced: Weight each class inversely to its count (scikit-learn's
+            ``class_weight="balanced"``), so a rare class is not out-voted by a common one
+            (King & Zeng 2001, "Logistic regression in rare events data"); on a library with
+            equal class counts the fit is the same.
     """
 
     name = "logreg"
 
-    def __init__(self, c: float = DEFAULT_C, max_iter: int = DEFAULT_MAX_ITER, seed: int = 0) -> None:
+    def __init__(
+        self, c: float = DEFAULT_C, max_iter: int = DEFAULT_MAX_ITER, seed: int = 0, *, balanced: bool = False
+    ) -> None:
         if c <= 0:
             raise ValueError("c must be positive")
         self.c = float(c)
+        self.balanced = bool(balanced)
         self.max_iter = int(max_iter)
         self.seed = int(seed)
         self._lock = threading.Lock()
@@ -88,7 +95,12 @@ class ProbePredictor:
         if len(classes) > 1:  # one class: nothing to learn, the ranking is that class
             model = make_pipeline(
                 StandardScaler(),
-                LogisticRegression(C=self.c, max_iter=self.max_iter, random_state=self.seed),
+                LogisticRegression(
+                    C=self.c,
+                    max_iter=self.max_iter,
+                    random_state=self.seed,
+                    class_weight="balanced" if self.balanced else None,
+                ),
             )
             model.fit(vectors, labels)
         with self._lock:
