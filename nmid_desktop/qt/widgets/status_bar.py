@@ -103,7 +103,7 @@ class StatusBar(QStatusBar):
         self.server = QLabel("", self)
         self.server.setObjectName("serverState")
         self.server.hide()
-        self.insertPermanentWidget(0, self.server)
+        self.addPermanentWidget(self.server)
         self.server_away = False
         self._visible: list[JobHandle] = []
         self._set_idle()
