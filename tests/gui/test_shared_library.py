@@ -105,6 +105,9 @@ def test_a_colleagues_label_reaches_my_window_and_my_next_query(make_window, req
     window.tabs.setCurrentWidget(window.browser)
     qtbot.waitUntil(lambda: (row := _browser_row(window, image_id)) is not None and (row.label, row.actor) == ("fibres", "bob"),
                     timeout=TIMEOUT_MS)
+    model = window.browser.model
+    tip = model.data(model.index(model.row_of(image_id)), Qt.ItemDataRole.ToolTipRole)
+    assert "set by: expert (bob)" in tip
 
     # Bob accepts a new image: it is in ana's exact buffer without a rebuild, a demonstration for her next drop.
     other = query_images["nanowires"][0]
