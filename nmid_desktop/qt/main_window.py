@@ -914,7 +914,9 @@ class MainWindow(QMainWindow):
     def _on_jobs_job_ended(self, handle: JobHandle) -> None:
         # Every failed job reaches the user in words, also those no panel reports itself
         # (status, settings, reload...); its traceback is in the log file.
-        if handle.outcome == "failed" and not self._closing and not (self.server_away and handle.kind == "status"):
+        # While the server is away the status bar says so once; each row clicked does not add a warning.
+        expected = self.server_away and handle.kind in ("status", "query")
+        if handle.outcome == "failed" and not self._closing and not expected:
             self.status.add_warning(f"{JOB_WORDS.get(handle.kind.split('-')[0], handle.kind)} failed: {handle.error}")
 
     def _error(self, title: str, message: str) -> None:

@@ -130,3 +130,27 @@ def test_server_away_is_reported_retried_and_caught_up(pg_library: Library, pg_s
         token.cancel()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_the_engine_keeps_what_it_read_for_browsing_while_the_server_is_away(pg_library: Library, pg_server,  # noqa: ANN001
+                                                                                  tmp_path: Path) -> None:
+    from nmid_desktop.core.config import Settings
+    from nmid_desktop.core.errors import LibraryUnavailable
+    from nmid_desktop.workspace.engine import Engine
+
+    seen, unseen = _add(pg_library.open(user="bob"), tmp_path / "src", 2)
+    settings = Settings()
+    settings.shared_folder = str(pg_library.shared)
+    engine = Engine(pg_library.location, settings)
+    try:
+        assert engine.record(seen).id == seen
+        pg_server.stop(remove=False)
+        try:
+            assert engine.record(seen).id == seen  # the last read, while the server is away
+            with pytest.raises(LibraryUnavailable, match="shared library"):
+                engine.record(unseen)  # never read: said clearly, no traceback
+        finally:
+            pg_server._start()
+        assert engine.record(unseen).id == unseen  # back: read from the server again
+    finally:
+        engine.close()
