@@ -145,6 +145,7 @@ def test_server_away_keeps_browsing_refuses_labels_and_catches_up(make_window, r
         for row in (rows[3], rows[17]):
             window.tabs.setCurrentWidget(browser)
             index = browser.model.index(browser.model.row_of(row.image_id))
+            browser.view.scrollTo(index)
             where = browser.view.visualRect(index).center()
             qtbot.mouseClick(browser.view.viewport(), Qt.MouseButton.LeftButton, pos=where)
             qtbot.mouseDClick(browser.view.viewport(), Qt.MouseButton.LeftButton, pos=where)
