@@ -34,7 +34,7 @@ from nmid_desktop.core.jobs import Progress, mark_gui_thread
 from nmid_desktop.qt.context import ENGINE_LANE, AppContext
 from nmid_desktop.qt.widgets.classify_page import ClassifyPage
 from nmid_desktop.qt.widgets.status_bar import StatusBar
-from nmid_desktop.qt.workers import JobHandle, JobManager, freeze_heap
+from nmid_desktop.qt.workers import JobHandle, JobManager, LibraryWatcher, freeze_heap
 from nmid_desktop.workspace.display import ImagePayload, ThumbnailCache, rescale
 from nmid_desktop.workspace.engine import (
     Engine,
@@ -59,6 +59,7 @@ JOB_WORDS = {
     "batch": "The batch", "training": "Training", "export": "The export", "describe": "Describing",
     "synthesize": "Generating images", "models": "Listing models", "classes": "Changing classes",
     "endpoint": "Checking the endpoint", "demo": "Building the demo library",
+    "watch": "Following colleagues' label changes",
 }
 
 # Closing waits this long for workers to reach a cancel point, then abandons the stuck
@@ -146,6 +147,7 @@ class MainWindow(QMainWindow):
         self._contrast_timer.setInterval(40)
         self._contrast_timer.timeout.connect(self._on_contrast_timer_timeout)
         self._restore_geometry()
+        self._build_watcher()
         self._start_engine(demo)
 
     # -- construction ------------------------------------------------------------------------------
@@ -290,6 +292,70 @@ class MainWindow(QMainWindow):
         else:
             self.prepare_classifier()
         self.check_endpoint()
+        self._start_watcher()
+
+    # -- colleagues' changes and the server's state (a shared library) ---------------------------------
+    def _build_watcher(self) -> None:
+        self.watcher = LibraryWatcher(self.jobs, self)
+        self.last_colleague: str | None = None  # the latest status line about a colleague's change
+        self.watcher.changed.connect(self._on_watcher_changed)
+        self.watcher.away.connect(self._on_watcher_away)
+        self.watcher.back.connect(self._on_watcher_back)
+
+    def _start_watcher(self) -> None:
+        """Follow label changes made elsewhere (replaces the previous library's watcher)."""
+        from nmid_desktop.workspace.watch import watch_library
+
+        ref = self._engine_ref
+        self.status.set_server_away(False)
+
+        def factory(token):  # noqa: ANN001, ANN202
+            engine = ref.wait(token)
+            return watch_library(engine.store, token, take=engine.take_changes)
+
+        self.watcher.start(factory)
+
+    @property
+    def server_away(self) -> bool:
+        """Whether the shared library's server is away (the watcher's last word)."""
+        return self.status.server_away
+
+    def _on_watcher_changed(self, report) -> None:  # noqa: ANN001 - a workspace.watch.WatchReport
+        from nmid_desktop.workspace.watch import colleague_line
+
+        self.refresh_status()
+        self.ctx.labels_changed.emit()  # the browser re-reads its rows (who labelled what)
+        if report.changes:
+            self.last_colleague = colleague_line(report.changes)
+            self.status.show_message(self.last_colleague, 10000)
+        for record in (*report.mine, *report.changes):
+            shown = self.current.record if self.current is not None and self.current.image_id == record.id else None
+            if record.id != self.current_id or (shown is not None and shown.label_version >= record.label_version):
+                continue
+            self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
+            if self.current is not None and self.current.image_id == record.id:
+                self.current = dataclasses.replace(self.current, record=record)  # Enter now decides knowing it
+                self._show_suggestion()
+
+    def _on_watcher_away(self, message: str) -> None:
+        self.status.set_server_away(True, message)
+
+    def _on_watcher_back(self, report) -> None:  # noqa: ANN001 - a workspace.watch.WatchReport
+        self.status.set_server_away(False)
+        self._on_watcher_changed(report)
+
+    def _refused_while_away(self, what: str) -> bool:
+        """Refuse a write at once while the server is away (never queued behind a reconnect)."""
+        if not self.server_away:
+            return False
+        self._error(f"The {what} was not saved", "the library's server is away, so nothing was changed; "
+                    "do it again when the status bar says the server is back")
+        return True
+
+    def _browser_row(self, image_id: int):  # noqa: ANN202 - a workspace.browse.BrowserRow or None
+        model = self.browser.model
+        row = model.row_of(image_id)
+        return None if row is None else model.row_data(row)
 
     def _off_lane(self, kind: str, work) -> JobHandle:  # noqa: ANN001
         """Run ``work(engine, token)`` in a thread of its own, once the engine exists.
@@ -392,7 +458,8 @@ class MainWindow(QMainWindow):
         self.page.card.set_waiting("Finding similar labelled images…")
         self.page.card.set_model(None)
         self.page.demos.show_message("Searching the library…")
-        handle = self.jobs.start("query", lambda eng, token: eng.query(image_id, token), lane=ENGINE_LANE)
+        fallback = self._browser_row(image_id)  # its file is still shown while the server is away
+        handle = self.jobs.start("query", lambda eng, token: eng.query(image_id, token, fallback), lane=ENGINE_LANE)
         handle.progress_changed.connect(self._on_query_progress)
         handle.finished.connect(self._on_query_finished)
         handle.failed.connect(self._on_query_failed)
@@ -436,6 +503,9 @@ class MainWindow(QMainWindow):
 
     def _on_query_failed(self, message: str) -> None:
         self.page.card.set_waiting("No prediction.")
+        row = self._browser_row(self.current_id) if self.server_away and self.current_id is not None else None
+        if row is not None:  # the label as the browser last read it
+            self.page.card.set_current_label(row.label, row.source, row.review, row.actor)
         self.page.demos.show_message(f"Could not search: {message}")
         self.status.show_message(message, 15000)
 
@@ -498,7 +568,7 @@ class MainWindow(QMainWindow):
 
     def _accept_pending(self) -> JobHandle | None:
         image_id = self.current_id
-        if image_id is None:
+        if image_id is None or self._refused_while_away("review"):
             return None
         self._label_seq += 1
         handle = self.jobs.start(
@@ -522,7 +592,7 @@ class MainWindow(QMainWindow):
 
     def _write_label(self, label: str, *, source: str, model: str | None, confidence: float | None) -> JobHandle | None:
         image_id = self.current_id
-        if image_id is None:
+        if image_id is None or self._refused_while_away("label"):
             return None
         self._label_seq += 1
 
@@ -542,15 +612,17 @@ class MainWindow(QMainWindow):
         handle.failed.connect(lambda msg: self._error("The label was not saved", msg))
         return handle
 
-    def undo(self) -> JobHandle:
+    def undo(self) -> JobHandle | None:
         """Undo the latest label change (Ctrl+Z), without limit."""
         return self._history_step("undo")
 
-    def redo(self) -> JobHandle:
+    def redo(self) -> JobHandle | None:
         """Redo the latest undone change (Ctrl+Shift+Z)."""
         return self._history_step("redo")
 
-    def _history_step(self, which: str) -> JobHandle:
+    def _history_step(self, which: str) -> JobHandle | None:
+        if self._refused_while_away(which):
+            return None
         self._label_seq += 1
         def factory(eng: Engine, token):  # noqa: ANN001, ANN202
             try:
@@ -843,7 +915,9 @@ class MainWindow(QMainWindow):
     def _on_jobs_job_ended(self, handle: JobHandle) -> None:
         # Every failed job reaches the user in words, also those no panel reports itself
         # (status, settings, reload...); its traceback is in the log file.
-        if handle.outcome == "failed" and not self._closing:
+        # While the server is away the status bar says so once; each row clicked does not add a warning.
+        expected = self.server_away and handle.kind in ("status", "query")
+        if handle.outcome == "failed" and not self._closing and not expected:
             self.status.add_warning(f"{JOB_WORDS.get(handle.kind.split('-')[0], handle.kind)} failed: {handle.error}")
 
     def _error(self, title: str, message: str) -> None:
@@ -880,6 +954,7 @@ class MainWindow(QMainWindow):
             if callable(stop):
                 stop()
         self.browser.shutdown()
+        self.watcher.stop()
         self._log_bridge.close()
         self.status.show_message("Stopping background work…")
         self.jobs.shutdown(timeout_s=self.shutdown_wait_s)

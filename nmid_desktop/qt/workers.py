@@ -498,3 +498,60 @@ class JobManager(QObject):
         if thread in self._threads:
             thread.wait()  # returns at once: the thread has left run()
             self._threads.discard(thread)
+
+
+class LibraryWatcher(QObject):
+    """Drives the library watch job (``workspace.watch.watch_library``) in a worker thread.
+
+    The job never ends by itself: it waits on the store for label changes and yields a
+    report for each batch. Its reports arrive here in the GUI thread and go out as
+    signals. Starting again (a library switch) supersedes the running job; :meth:`stop`
+    cancels it, and the window's ``JobManager.shutdown`` waits for its thread like any
+    other (the job notices a cancel within about half a second).
+    """
+
+    KIND = "watch"
+    changed = Signal(object)  # WatchReport, state "changes"
+    away = Signal(str)  # the server cannot be reached: what the store said
+    back = Signal(object)  # WatchReport, state "back": the server answers again, with what was missed
+    failed = Signal(str)  # the job ended with an error (not a lost server, which it retries)
+
+    def __init__(self, jobs: JobManager, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.jobs = jobs
+        self._handle: JobHandle | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the watch job runs."""
+        return self._handle is not None and self._handle.running
+
+    def start(self, factory: Factory) -> JobHandle:
+        """Run ``factory(token)`` (returning the watch job) in a worker thread, replacing a running one."""
+        handle = self.jobs.start(self.KIND, factory)
+        self._handle = handle
+        handle.progress_changed.connect(lambda progress, h=handle: self._on_handle_progress(h, progress))
+        handle.failed.connect(lambda message, h=handle: self._on_handle_failed(h, message))
+        return handle
+
+    def stop(self) -> None:
+        """Cancel the watch job (returns at once; later reports are dropped)."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+
+    def _on_handle_progress(self, handle: JobHandle, progress: Progress) -> None:
+        report = progress.data
+        if handle is not self._handle or report is None:
+            return  # a stopped or replaced watcher's late report
+        state = getattr(report, "state", "")
+        if state == "away":
+            self.away.emit(str(getattr(report, "message", "")))
+        elif state == "back":
+            self.back.emit(report)
+        else:
+            self.changed.emit(report)
+
+    def _on_handle_failed(self, handle: JobHandle, message: str) -> None:
+        if handle is self._handle:
+            self.failed.emit(message)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nmid_desktop.core.config import Settings
-from nmid_desktop.core.errors import LabelConflict, LibraryError, NmidError, UndoConflict
+from nmid_desktop.core.errors import LabelConflict, LibraryError, LibraryUnavailable, NmidError, UndoConflict
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
 from nmid_desktop.inference.protocol import ImageEncoder
+from nmid_desktop.workspace.browse import BrowserRow
 from nmid_desktop.workspace.display import DemoTile, ImagePayload, ModelAnswer, ThumbnailCache, load_image
 
 if TYPE_CHECKING:
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMO_THUMB_SIZE = 160
+RECORDS_KEPT = 4096  # records kept for browsing while a shared library's server is away
 
 
 DEMOS_INCLUDE_PENDING = False  # the window's and the batch's demonstrations: accepted labels only
@@ -186,6 +190,7 @@ class Engine:
         self._encoder = encoder  # a loaded Encoder to share (tests, benchmarks); None: the library's
         self._lock = threading.Lock()
         self._classifier = self._new_classifier()
+        self._records: OrderedDict[int, ImageRecord] = OrderedDict()  # the newest read of each, for browsing offline
 
     def _new_classifier(self) -> Classifier:
         from nmid_desktop.predict.service import Classifier
@@ -298,19 +303,65 @@ class Engine:
         return OpenResult(tuple(ids), report.summary(), tuple(skipped))
 
     def record(self, image_id: int) -> ImageRecord:
-        """One image's record."""
-        return self.store.get_image(image_id)
+        """One image's record (the last one read while a shared library's server is away)."""
+        try:
+            record = self.store.get_image(image_id)
+        except LibraryUnavailable:
+            with self._lock:
+                kept = self._records.get(image_id)
+            if kept is None:
+                raise
+            return kept
+        self._remember([record])
+        return record
+
+    def _remember(self, records: Sequence[ImageRecord]) -> None:
+        with self._lock:
+            for record in records:
+                self._records[record.id] = record
+                self._records.move_to_end(record.id)
+            while len(self._records) > RECORDS_KEPT:
+                self._records.popitem(last=False)
+
+    # -- colleagues' changes ---------------------------------------------------------------------
+    def take_changes(self, records: Sequence[ImageRecord]) -> None:
+        """Take label changes made elsewhere (a colleague, another window): the watcher's intake.
+
+        The same path as this window's own accepted label: the classifier re-reads the
+        labels and puts the changed images' embeddings (cached in the library, or computed
+        now) into its exact buffer, so a colleague's accepted label is a demonstration for
+        the next query without an index rebuild. Runs in the watcher's thread; the
+        classifier is thread-safe.
+        """
+        self._remember(records)
+        if records:
+            self._notify([r.id for r in records])
 
     # -- the query -----------------------------------------------------------------------------
-    def query(self, image_id: int, token: CancelToken) -> Job[QueryResult]:
+    def query(self, image_id: int, token: CancelToken, fallback: BrowserRow | None = None) -> Job[QueryResult]:
         """Show, embed, retrieve and predict for one library image.
+
+        Args:
+            image_id: The library image.
+            token: Cancel token (every yield is a cancel point too).
+            fallback: The browser's row for the image: while a shared library's server is
+                away its file is still shown (from the shared folder) before the query fails.
 
         Yields:
             First ``Progress(data=ImagePayload)`` so the window shows the image at once,
             then plain progress between stages (each a cancel point).
         """
         settings = self.settings
-        record = self.store.get_image(image_id)
+        try:
+            record = self.record(image_id)
+        except LibraryUnavailable:
+            if fallback is None:
+                raise
+            yield Progress(1, 4, "the shared library is away", data=load_image(
+                fallback.path, fallback.page, fallback.crop_box if settings.crop_data_bar else None,
+                image_id=image_id, max_pixels=settings.max_pixels,
+            ))
+            raise
         payload: ImagePayload = load_image(
             record.path, record.page, record.crop_box if settings.crop_data_bar else None,
             image_id=image_id, max_pixels=settings.max_pixels,
@@ -349,7 +400,7 @@ class Engine:
         timings["thumbnails"] = time.perf_counter() - start
         return QueryResult(
             image_id=image_id,
-            record=self.store.get_image(image_id),
+            record=self.record(image_id),
             tiles=tiles,
             ranking=ranking_items,
             predictor=settings.local_predictor,

@@ -22,7 +22,7 @@ from nmid_desktop.qt.workers import JobHandle, JobManager
 from nmid_desktop.workspace.engine import LibraryStatus
 
 # Background chatter that should not take over the progress indicator.
-QUIET_KINDS = {"thumbnails", "status", "browser-query", "contrast", "query"}
+QUIET_KINDS = {"thumbnails", "status", "browser-query", "contrast", "query", "watch"}  # watch: never ends
 
 JOB_TITLES = {
     "open": "Importing",
@@ -99,6 +99,12 @@ class StatusBar(QStatusBar):
         ):
             label.setToolTip(tip)
             self.addPermanentWidget(label)
+        # A shared library's server state: shown only while the server is away.
+        self.server = QLabel("", self)
+        self.server.setObjectName("serverState")
+        self.server.hide()
+        self.addPermanentWidget(self.server)
+        self.server_away = False
         self._visible: list[JobHandle] = []
         self._set_idle()
         jobs.job_started.connect(self._on_jobs_job_started)
@@ -119,6 +125,22 @@ class StatusBar(QStatusBar):
         self.index.setText(f"Index: {status.index_state or '–'}")
         cap = f" of ${budget_usd:.2f}" if budget_usd is not None else ""
         self.spend.setText(f"API {money(status.api_cost_usd)}{cap}")
+
+    def set_server_away(self, away: bool, detail: str = "") -> None:
+        """Say that the shared library's server is away (browsing goes on) or back again."""
+        if away == self.server_away:
+            return
+        self.server_away = away
+        if away:
+            self.server.setText("⚠ Server away")
+            self.server.setToolTip(f"{detail}\nRetrying; what is loaded stays visible, label changes are refused.")
+            self.server.show()
+            self.show_message("The library's server is away: browsing what is loaded; labels cannot be saved "
+                              "until it is back.", 0)
+        else:
+            self.server.hide()
+            self.server.setText("")
+            self.show_message("The library's server is back: changes made meanwhile are shown.", 10000)
 
     # -- jobs -------------------------------------------------------------------------------------
     def _on_jobs_job_started(self, handle: JobHandle) -> None:
