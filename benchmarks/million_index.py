@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nmid_desktop.core.jobs import Progress, run_job  # noqa: E402
+from nmid_desktop.index.ivf import default_nlist  # noqa: E402
 
 K = 10
 _Search = Callable[[np.ndarray], np.ndarray]
@@ -45,6 +46,12 @@ def rss_mb() -> float:
     """Current resident set size of this process in MB (Linux /proc)."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def file_rss_mb() -> float:
+    """The file-backed part of the resident set in MB (mapped index files the kernel may drop)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[2]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def real_embeddings(library: Path) -> np.ndarray:
@@ -152,6 +159,62 @@ def build_faiss(folder: Path, vectors: np.ndarray, spec: str) -> Callable[[], tu
     return opener
 
 
+def build_ivf(folder: Path, vectors: np.ndarray, nlist: int, nprobe: int, rerank: int) -> Callable[[], tuple[_Search, Callable[[], None]]]:
+    """The app's inverted-file kind (index/ivf.py: faiss IVF, int8 full vectors); one build per nlist."""
+    import faiss
+
+    from nmid_desktop.index.ivf import IvfIndex, build_ivf_index
+
+    path = folder / f"ivf{nlist}.ann"
+    if not path.exists():  # one build serves every --nprobe value
+        run_job(build_ivf_index(path, np.arange(len(vectors)), vectors, encoder_key="bench", labels_version=0, nlist=nlist))
+
+    def opener() -> tuple[_Search, Callable[[], None]]:
+        faiss.omp_set_num_threads(1)  # one query, one thread, as in the app's query worker
+        index = IvfIndex.open(path)
+        index.nprobe = nprobe
+        index.rerank = rerank
+        return (lambda q: index.search(q, K)[0]), index.close
+
+    return opener
+
+
+class NumpyIvf:
+    """The same inverted file without faiss: exact scan of the centroids, numpy scan of int8 codes.
+
+    Uses the faiss build's centroids and lists (same candidates), its own per-dimension int8
+    codes (min/max over the data, as faiss's QT_8bit), stored list by list so a probe is a slice.
+    """
+
+    def __init__(self, ivf_path: Path, vectors: np.ndarray, nprobe: int) -> None:
+        import faiss
+
+        whole = faiss.read_index(str(ivf_path))  # kept referenced: the IVF view does not own it
+        index = faiss.extract_index_ivf(whole)
+        self.centroids = index.quantizer.reconstruct_n(0, index.nlist)
+        invlists = index.invlists
+        sizes = np.array([invlists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(sizes)])
+        order = np.concatenate([faiss.rev_swig_ptr(invlists.get_ids(i), int(sizes[i])).copy() for i in range(index.nlist)])
+        del index, whole
+        lo, hi = vectors.min(axis=0), vectors.max(axis=0)
+        self.step = ((hi - lo) / 255).astype(np.float32)
+        self.codes = np.empty(vectors.shape, dtype=np.uint8)
+        for start in range(0, len(order), 50_000):
+            rows = order[start : start + 50_000]
+            self.codes[start : start + len(rows)] = np.clip(np.rint((vectors[rows] - lo) / self.step), 0, 255).astype(np.uint8)
+        self.order = order
+        self.nprobe = nprobe
+
+    def search(self, q: np.ndarray) -> np.ndarray:
+        lists = np.argpartition(-(self.centroids @ q), self.nprobe - 1)[: self.nprobe]
+        parts = [np.arange(self.starts[i], self.starts[i + 1]) for i in lists]
+        rows = np.concatenate(parts)
+        scores = self.codes[rows].astype(np.float32) @ (self.step * q)  # q . x up to a constant
+        top = np.argpartition(-scores, K - 1)[:K] if len(scores) > K else np.arange(len(scores))
+        return self.order[rows[top]]
+
+
 def measure(name: str, build: Callable[[Path], Callable[[], tuple[_Search, Callable[[], None]]]],
             queries: np.ndarray, truth: np.ndarray, folder: Path | None = None) -> dict[str, float | str]:
     keep = folder is not None
@@ -160,7 +223,7 @@ def measure(name: str, build: Callable[[Path], Callable[[], tuple[_Search, Calla
         t0 = time.perf_counter()
         opener = build(folder)
         build_s = time.perf_counter() - t0
-        before = rss_mb()
+        before, file_before = rss_mb(), file_rss_mb()
         t0 = time.perf_counter()
         search, close = opener()
         open_s = time.perf_counter() - t0
@@ -173,9 +236,10 @@ def measure(name: str, build: Callable[[Path], Callable[[], tuple[_Search, Calla
             times.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)
             hits += len(set(exact.tolist()) & {int(i) for i in found}) / K
-        grown = rss_mb() - before
+        grown, file_grown = rss_mb() - before, file_rss_mb() - file_before
         close()
-        return {"option": name, "build_s": build_s, "disk_mb": dir_mb(folder), "rss_mb": grown, "open_s": open_s,
+        return {"option": name, "build_s": build_s, "disk_mb": dir_mb(folder), "rss_mb": grown, "file_mb": file_grown,
+                "open_s": open_s,
                 "recall": hits / len(queries), "p50_ms": float(np.percentile(times, 50) * 1e3),
                 "p95_ms": float(np.percentile(times, 95) * 1e3), "cpu_p95_ms": float(np.percentile(cpu, 95) * 1e3)}
     finally:
@@ -183,7 +247,7 @@ def measure(name: str, build: Callable[[Path], Callable[[], tuple[_Search, Calla
             shutil.rmtree(folder, ignore_errors=True)
 
 
-OPTIONS = ("annoy-1280", "annoy-pca128", "annoy-pca256", "faiss-ivfpq", "faiss-hnsw-pca128")
+OPTIONS = ("ivf-sq8", "numpy-ivf", "annoy-1280", "annoy-pca128", "annoy-pca256", "faiss-ivfpq", "faiss-hnsw-pca128")
 
 
 def index_table(args: argparse.Namespace) -> int:
@@ -207,12 +271,14 @@ def index_table(args: argparse.Namespace) -> int:
         "faiss-ivfpq": lambda f: build_faiss(f, vectors, f"IVF{max(64, int(np.sqrt(n)))},PQ64"),
         "faiss-hnsw-pca128": lambda f: build_faiss(f, vectors, "PCA128,HNSW32"),
     }
-    print(f"{'option':<22}{'build s':>9}{'disk MB':>9}{'RSS MB':>8}{'open s':>8}{'recall@10':>10}{'p50 ms':>8}{'p95 ms':>8}{'CPU p95':>9}")
+    print(f"{'option':<28}{'build s':>9}{'disk MB':>9}{'RSS MB':>8}{'of it file':>11}{'open s':>8}{'recall@10':>10}{'p50 ms':>8}{'p95 ms':>8}{'CPU p95':>9}")
     def show(row: dict) -> None:
-        print(f"{row['option']:<22}{row['build_s']:>9.1f}{row['disk_mb']:>9.0f}{row['rss_mb']:>8.0f}{row['open_s']:>8.2f}"
+        print(f"{row['option']:<28}{row['build_s']:>9.1f}{row['disk_mb']:>9.0f}{row['rss_mb']:>8.0f}{row.get('file_mb', float('nan')):>11.0f}{row['open_s']:>8.2f}"
               f"{row['recall']:>10.4f}{row['p50_ms']:>8.2f}{row['p95_ms']:>8.2f}{row['cpu_p95_ms']:>9.2f}", flush=True)
 
     for name in args.options:
+        if name in ("ivf-sq8", "numpy-ivf"):
+            continue
         if not name.startswith("annoy-pca"):
             show(measure(name, builders[name], queries, truth))
             continue
@@ -225,6 +291,32 @@ def index_table(args: argparse.Namespace) -> int:
                                  queries, truth, folder))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+    if "ivf-sq8" in args.options or "numpy-ivf" in args.options:
+        for nlist in args.nlist or [default_nlist(n)]:
+            folder = Path(tempfile.mkdtemp(prefix="nmid-million-"))
+            try:  # one build per nlist, measured at each --nprobe (build_s is the first's)
+                for nprobe in args.nprobe:
+                    for rerank in args.ivf_rerank:
+                        if nprobe > nlist:
+                            continue
+                        row = measure(f"ivf-sq8 L{nlist} p{nprobe} rr{rerank}",
+                                      lambda f, a=nlist, b=nprobe, c=rerank: build_ivf(f, vectors, a, b, c), queries, truth, folder)
+                        if "ivf-sq8" in args.options:
+                            show(row)
+                if "numpy-ivf" in args.options:
+                    t0 = time.perf_counter()
+                    before = rss_mb()
+                    numpy_ivf = NumpyIvf(folder / f"ivf{nlist}.ann", vectors, args.nprobe[0])
+                    extra = time.perf_counter() - t0
+                    for nprobe in args.nprobe:
+                        if nprobe <= nlist:
+                            numpy_ivf.nprobe = nprobe
+                            show(measure(f"numpy-ivf L{nlist} p{nprobe}", lambda f, m=numpy_ivf: (lambda: (m.search, lambda: None)),
+                                         queries, truth, folder) | {"build_s": extra, "rss_mb": rss_mb() - before,
+                                                                     "disk_mb": numpy_ivf.codes.nbytes / 1e6})
+                    del numpy_ivf
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     print(f"peak RSS of the benchmark process {peak:.0f} MB (includes the {vectors.nbytes / 1e6:.0f} MB of vectors); "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -279,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerank", type=int, nargs="+", default=[100, 400, 1000],
                         help="candidates re-ranked by the PCA options (one build, measured at each)")
     parser.add_argument("--nodes", type=int, nargs="+", default=[50], help="forest nodes inspected per re-rank candidate")
+    parser.add_argument("--nlist", type=int, nargs="+", default=None,
+                        help="inverted lists of the IVF options (default: the app's, about sqrt(N)); one build each")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64], help="lists probed per query (IVF options)")
+    parser.add_argument("--ivf-rerank", type=int, nargs="+", default=[0, 100],
+                        help="int8 candidates re-scored with the float16 vectors (IVF option; 0: none)")
     parser.add_argument("--real-only", action="store_true", help="no copies: real embeddings only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embed", type=Path, default=None, metavar="LIBRARY", help="measure embedding images/s instead")

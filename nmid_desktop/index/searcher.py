@@ -11,18 +11,83 @@ moves on. The searcher reconciles the two at query time:
 Annoy and buffer results are merged by cosine. When the drift (buffered plus
 filtered-out items) passes a threshold, :attr:`Searcher.needs_rebuild` says so and
 the caller rebuilds in the background.
+
+Which kind of index a library gets depends on its size (:func:`build_for_size`, measured
+with benchmarks/million_index.py): plain Annoy on the full vectors below
+:data:`LARGE_FROM` items; from there an inverted file with int8 full vectors
+(:mod:`~nmid_desktop.index.ivf`, faiss) or, when faiss is not installed, Annoy on a PCA
+with an exact re-rank (:mod:`~nmid_desktop.index.reduced`). :func:`open_index` opens
+whichever kind the sidecar describes.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from nmid_desktop.core.jobs import ensure_worker_thread
-from nmid_desktop.index.annoy_index import DEFAULT_SEARCH_K, AnnoyIndex
+from nmid_desktop.core.jobs import Job, Progress, ensure_worker_thread
+from nmid_desktop.index import ivf, reduced
+from nmid_desktop.index.annoy_index import DEFAULT_SEARCH_K, AnnoyIndex, IndexMeta, build_index
 from nmid_desktop.index.buffer import ExactBuffer
+
+log = logging.getLogger(__name__)
+
+# From this many items on, plain Annoy misses the targets (recall@10 >= 0.95, p95 < 10 ms,
+# RAM < 2 GB at 1M; README "Large libraries"): at 200k simulated items it reaches recall 0.82
+# in 1.2 GB, the inverted file 0.98 at a CPU p95 of 3 ms in 0.3 GB (0.96, 8 ms, 1.4 GB at 1M).
+LARGE_FROM = reduced.REDUCED_FROM
+NO_FAISS = ('faiss-cpu is not installed (pip install "nmid-desktop[large]"): building the PCA Annoy index '
+            "instead, which is slower and finds fewer of the exact nearest images at this size")
+
+
+def build_for_size(
+    path: Path,
+    ids: Sequence[int] | np.ndarray,
+    vectors: np.ndarray,
+    *,
+    encoder_key: str,
+    labels_version: int,
+    install: Callable[[Callable[[], None]], None] | None = None,
+    large_from: int = LARGE_FROM,
+) -> Job[IndexMeta]:
+    """Build the kind of index that suits ``len(ids)`` items, as a job (see the module docstring).
+
+    Args:
+        path: Final index path (usually :func:`~nmid_desktop.index.annoy_index.index_path`).
+        ids: Image ids, shape (N,).
+        vectors: Embeddings, shape (N, D), L2-normalised.
+        encoder_key: Recorded in the sidecar.
+        labels_version: ``store.labels_version()`` read before the labels were collected.
+        install: As for :func:`~nmid_desktop.index.annoy_index.build_index`.
+        large_from: Item count from which the large-library kind is built.
+
+    Returns:
+        The sidecar written; open the index with :func:`open_index`.
+    """
+    common = {"encoder_key": encoder_key, "labels_version": labels_version, "install": install}
+    if len(ids) < large_from:
+        return (yield from build_index(path, ids, vectors, **common))  # type: ignore[arg-type]
+    if ivf.faiss_available():
+        return (yield from ivf.build_ivf_index(path, ids, vectors, **common))  # type: ignore[arg-type]
+    log.warning("%s", NO_FAISS)
+    yield Progress(0, len(ids) + 2, NO_FAISS)
+    return (yield from reduced.build_reduced_index(path, ids, vectors, **common))  # type: ignore[arg-type]
+
+
+def open_index(path: Path, *, encoder_key: str | None = None, dim: int | None = None) -> AnnoyIndex:
+    """Open whichever kind of index the sidecar at ``path`` describes.
+
+    Raises:
+        StaleIndexError: A file is missing, truncated or corrupt, the index was built for another
+            encoder, or it is an inverted file and faiss is not installed: the caller rebuilds.
+    """
+    if ivf.is_ivf_sidecar(path):
+        return ivf.IvfIndex.open(path, encoder_key=encoder_key, dim=dim)
+    return reduced.open_index(path, encoder_key=encoder_key, dim=dim)
 
 # A rebuild is due when the drift exceeds 5 % of the index or 500 items, whichever comes first:
 # past that the buffer's brute-force scan and Annoy's over-fetching start to cost more than a
@@ -70,7 +135,7 @@ class Searcher:
     # -- state -------------------------------------------------------------------------
     @property
     def index(self) -> AnnoyIndex | None:
-        """The current Annoy index (None before the first build)."""
+        """The current index of any kind (None before the first build)."""
         return self._index
 
     def set_allowed(self, ids: Iterable[int] | None) -> None:

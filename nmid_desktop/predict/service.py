@@ -32,9 +32,8 @@ from nmid_desktop.core.config import Settings, load_settings
 from nmid_desktop.core.errors import ConfigError, ImageError, LabelError, LibraryError
 from nmid_desktop.core.jobs import Job, Progress, run_job
 from nmid_desktop.core.store.base import ImageRecord, Store
-from nmid_desktop.index.annoy_index import AnnoyIndex, StaleIndexError, build_index, index_path
-from nmid_desktop.index.reduced import REDUCED_FROM, build_reduced_index, open_index
-from nmid_desktop.index.searcher import Searcher
+from nmid_desktop.index.annoy_index import AnnoyIndex, StaleIndexError, index_path
+from nmid_desktop.index.searcher import LARGE_FROM, Searcher, build_for_size, open_index
 from nmid_desktop.inference.protocol import ImageEncoder
 from nmid_desktop.predict.knn import KnnPredictor
 from nmid_desktop.predict.probe import ProbePredictor
@@ -237,10 +236,10 @@ class Classifier:
         def install(move: Any) -> None:
             searcher.replace_index(move, lambda: open_index(path, encoder_key=encoder.key, dim=encoder.dim))
 
-        # Past REDUCED_FROM items Annoy at full width misses the recall and memory targets
-        # (benchmarks/million_index.py): the PCA-reduced forest with an exact re-rank takes over.
-        build = build_reduced_index if len(ids) >= REDUCED_FROM else build_index
-        yield from build(path, ids, vectors, encoder_key=encoder.key, labels_version=pool.version or 0, install=install)
+        # Past LARGE_FROM items Annoy at full width misses the recall and memory targets
+        # (benchmarks/million_index.py): the inverted file (or, without faiss, the PCA forest) takes over.
+        yield from build_for_size(path, ids, vectors, encoder_key=encoder.key, labels_version=pool.version or 0,
+                                  install=install, large_from=LARGE_FROM)
 
     def rebuild_index(self) -> Job[None]:
         """Rebuild the index from the current labels (run it in the background).

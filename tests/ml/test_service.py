@@ -317,27 +317,44 @@ def test_commands_review_errors_and_next(store, capsys: pytest.CaptureFixture[st
     assert len([line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]) == 2
 
 
-def test_large_library_gets_the_reduced_index_and_reopens_it(store, encoder, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("faiss_installed", [True, False], ids=["ivf", "no-faiss-pca"])
+def test_large_library_gets_the_large_index_and_reopens_it(store, encoder, monkeypatch: pytest.MonkeyPatch,
+                                                           faiss_installed: bool) -> None:
+    import sys
+
     import nmid_desktop.predict.service as service
+    from nmid_desktop.index.ivf import IvfIndex, IvfMeta
     from nmid_desktop.index.reduced import ReducedAnnoyIndex, ReducedMeta
 
-    monkeypatch.setattr(service, "REDUCED_FROM", 10)  # the threshold, lowered to this small library
+    kind: type[IvfIndex] | type[ReducedAnnoyIndex] = IvfIndex if faiss_installed else ReducedAnnoyIndex
+    meta_cls: type[IvfMeta] | type[ReducedMeta] = IvfMeta if faiss_installed else ReducedMeta
+    if faiss_installed:
+        pytest.importorskip("faiss")
+    else:
+        monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` fails as if it were not installed
+    monkeypatch.setattr(service, "LARGE_FROM", 10)  # the threshold, lowered to this small library
     big = Classifier(store, encoder=encoder)
     run_job(big.prepare(rebuild=True))
-    assert isinstance(big.searcher.index, ReducedAnnoyIndex) and len(big.searcher.index) == 5 * PER_CLASS
+    assert isinstance(big.searcher.index, kind) and len(big.searcher.index) == 5 * PER_CLASS
     some = big.searcher.index.ids[:3].tolist()
     for image_id in some:
         assert big.similar(big.embed_image(image_id), 1)[0].image_id == image_id
-    built = ReducedMeta.read(sidecar_path(big.index_file)).built_at
+    built = meta_cls.read(sidecar_path(big.index_file)).built_at
     new = _unlabelled(store)
     for image_id in new:
         store.set_label(image_id, "porous", source="expert")
     big.notify_labelled(new)
     run_job(big.rebuild_index())  # background rebuild, swapped in under the searcher's lock
-    assert isinstance(big.searcher.index, ReducedAnnoyIndex) and set(new) <= set(big.searcher.index.ids.tolist())
+    assert isinstance(big.searcher.index, kind) and set(new) <= set(big.searcher.index.ids.tolist())
     big.searcher.close()
     again = Classifier(store, encoder=encoder)
     run_job(again.prepare())
-    assert isinstance(again.searcher.index, ReducedAnnoyIndex) and len(again.searcher.index) == 5 * PER_CLASS + len(new)
-    assert ReducedMeta.read(sidecar_path(again.index_file)).built_at >= built
+    assert isinstance(again.searcher.index, kind) and len(again.searcher.index) == 5 * PER_CLASS + len(new)
+    assert meta_cls.read(sidecar_path(again.index_file)).built_at >= built
     again.searcher.close()
+    data = again.index_file.read_bytes()
+    again.index_file.write_bytes(data[: len(data) // 2])  # a truncated index: rebuilt, never served
+    third = Classifier(store, encoder=encoder)
+    run_job(third.prepare())
+    assert isinstance(third.searcher.index, kind) and third.index_file.stat().st_size == len(data)
+    third.searcher.close()
