@@ -27,12 +27,20 @@ class Assessment:
         novelty: How unlike the library the query is; when ``novelty.novel`` the window shows
             ``novelty.text`` as a badge instead of a confident label.
         temperature: The calibration's T (1.0: not calibrated).
+        stale: True when calibration and novelty reference come from the labelled set before
+            the latest label changes (the window's labelling loop refits them in the background).
     """
 
     ranking: Ranking
     raw: Ranking
     novelty: Novelty
     temperature: float = 1.0
+    stale: bool = False
+
+    @property
+    def trusted(self) -> bool:
+        """False when the query is unlike the library: the label must not be shown as confident."""
+        return not self.novelty.novel
 
     @property
     def label(self) -> str:
@@ -55,7 +63,7 @@ class Assessment:
         return {"label": self.label, "confidence": round(self.confidence, 4),
                 "ranking": [[c, round(p, 4)] for c, p in self.ranking.items],
                 "raw_confidence": round(self.raw.confidence, 4), "temperature": round(self.temperature, 4),
-                "novelty": self.novelty.to_dict()}
+                "novelty": self.novelty.to_dict(), "trusted": self.trusted, "stale": self.stale}
 
 
 class TrustModel:
@@ -92,7 +100,9 @@ class TrustModel:
         except LabelError:
             return None
 
-    def assess(self, raw: Ranking, vector: np.ndarray, *, k: int = 5, exclude_ids: Sequence[int] = ()) -> Assessment:
+    def assess(
+        self, raw: Ranking, vector: np.ndarray, *, k: int = 5, exclude_ids: Sequence[int] = (), stale: bool = False
+    ) -> Assessment:
         """Calibrate ``raw`` and score the query's novelty.
 
         Args:
@@ -100,6 +110,7 @@ class TrustModel:
             vector: The query embedding, shape (D,).
             k: K of the kNN vote (selects the matching calibration).
             exclude_ids: Library images left out of the neighbours (the query itself).
+            stale: Passed on to the assessment (this model predates the latest label changes).
         """
         sims = self.vectors @ np.asarray(vector, dtype=np.float32).reshape(-1)
         if len(exclude_ids):
@@ -108,5 +119,5 @@ class TrustModel:
         calibration = self.calibration(raw.predictor, k)
         return Assessment(
             ranking=calibrate_ranking(raw, calibration), raw=raw, novelty=novelty,
-            temperature=calibration.temperature if calibration is not None else 1.0,
+            temperature=calibration.temperature if calibration is not None else 1.0, stale=stale,
         )

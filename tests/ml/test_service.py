@@ -302,6 +302,23 @@ def test_assess_calibrates_flags_a_novel_image_and_refits_on_label_change(store,
     assert clf.trust_model() is not model
 
 
+def test_assess_without_waiting_uses_the_previous_fit_and_refits_in_the_background(store, clf) -> None:
+    records = [r for r in store.images(ImageFilter(unlabelled=False)) if r.label == "porous"]
+    vector = clf.embed_image(records[0].id)
+    first = clf.assess(vector, "knn", 5, wait=False)  # no model yet: fitted in this thread
+    assert not first.stale
+    model = clf.trust_model()
+    store.set_label(records[1].id, "fibres", source="expert")
+    during = clf.assess(vector, "knn", 5, wait=False)
+    assert during.stale and during.to_dict()["stale"] is True  # the previous fit, marked, without waiting
+    assert clf.wait_for_trust(timeout=120)
+    refitted = clf.trust_model()
+    assert refitted is not model  # the background refit has the new label:
+    assert dict(zip(refitted.ids.tolist(), refitted.labels, strict=True))[records[1].id] == "fibres"
+    after = clf.assess(vector, "knn", 5, wait=False)
+    assert not after.stale and clf.trust_model() is refitted
+
+
 def test_commands_review_errors_and_next(store, capsys: pytest.CaptureFixture[str]) -> None:
     lib = str(store.root)
     wrong = next(r for r in store.images(ImageFilter(unlabelled=False)) if r.label == "nanowires")
