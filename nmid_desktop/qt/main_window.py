@@ -414,7 +414,8 @@ class MainWindow(QMainWindow):
         self.page.title.setText(record.original_name or record.path.name)
         self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
         self.page.demos.set_demonstrations(result.tiles, self.ctx.class_names, self.ctx.class_colors)
-        self.page.card.set_local(result.ranking, result.predictor, len(result.tiles))
+        self.page.card.set_local(result.ranking, result.predictor, len(result.tiles), novelty=result.novelty,
+                                 stale=result.trust_stale)
         if result.stored_answer is not None:
             self.page.card.set_model(result.stored_answer, stored=True)  # paid once: shown, not asked again
         self._show_suggestion()
@@ -477,7 +478,9 @@ class MainWindow(QMainWindow):
         prefer_model = self.ctx.settings.predictor in ("lmm", "both")
         if prefer_model and answer is not None and answer.valid and answer.label:
             return answer.label, "lmm", answer.model, answer.confidence
-        if self.current is not None and self.current.ranking:
+        # An image unlike the library offers no local suggestion: one reflexive Enter must not
+        # file it under the nearest (far) class; the expert chooses with a digit or the class box.
+        if self.current is not None and self.current.ranking and self.current.trusted:
             label, prob = self.current.ranking[0]
             return label, "local", self.current.predictor, prob
         return None
@@ -488,7 +491,12 @@ class MainWindow(QMainWindow):
             return None
         suggestion = self.suggestion()
         if suggestion is None:
-            self.status.show_message("Nothing to accept yet: choose a class (1-9 or type its name).", 6000)
+            untrusted = self.page.card.untrusted
+            if untrusted is not None:
+                self.status.show_message(f"Unlike your library: the nearest class '{untrusted}' is not trusted, so Enter "
+                                         "does not accept it. Choose a class (1-9 or type its name).", 8000)
+            else:
+                self.status.show_message("Nothing to accept yet: choose a class (1-9 or type its name).", 6000)
             return None
         label, source, model, confidence = suggestion
         if source == "review":
