@@ -191,6 +191,8 @@ class MainWindow(QMainWindow):
                                      "Rename, merge or delete classes")
         self.settings_action = action("Settings…", self._on_settings_triggered, QKeySequence.StandardKey.Preferences,
                                       "Library, encoder, retrieval, endpoint and models")
+        self.label_errors_action = action("Likely mislabelled…", self.find_label_errors, None,
+                                          "Find labels confident learning flags as likely wrong, and review them")
         for act in (self.open_action, self.open_folder_action, self.paste_action):
             bar.addAction(act)
         bar.addSeparator()
@@ -200,7 +202,8 @@ class MainWindow(QMainWindow):
         for act in (self.prev_action, self.next_action, self.ask_action):
             bar.addAction(act)
         bar.addSeparator()
-        for act in (self.rebuild_action, self.classes_action, self.export_action, self.settings_action):
+        for act in (self.rebuild_action, self.classes_action, self.label_errors_action, self.export_action,
+                    self.settings_action):
             bar.addAction(act)
 
         # Enter and 1-9 are shortcuts, not actions: a focused text box keeps digits (it claims
@@ -852,6 +855,28 @@ class MainWindow(QMainWindow):
         # (status, settings, reload...); its traceback is in the log file.
         if handle.outcome == "failed" and not self._closing:
             self.status.add_warning(f"{JOB_WORDS.get(handle.kind.split('-')[0], handle.kind)} failed: {handle.error}")
+
+    # -- the "likely mislabelled" queue (qt/widgets/label_errors_dialog.py, workspace/review.py) ---------
+    def find_label_errors(self) -> JobHandle:
+        """Look for likely mislabelled images in a worker (progress and cancel in the status bar)."""
+        from nmid_desktop.workspace.review import find_suspects
+
+        handle = self.jobs.start("suspects", lambda eng, token: find_suspects(eng, token), lane=ENGINE_LANE)
+        handle.finished.connect(self._on_suspects_found)
+        handle.failed.connect(lambda msg: self._error("Could not look for likely mislabelled images", msg))
+        return handle
+
+    def _on_suspects_found(self, suspects: list) -> None:  # list[SuspectItem]
+        from nmid_desktop.qt.widgets.label_errors_dialog import LabelErrorsDialog
+
+        if not suspects:
+            self.status.show_message("No likely mislabelled images found.", 8000)
+            return
+        dialog = LabelErrorsDialog(suspects, self.ctx.class_names, self.jobs, self)
+        dialog.label_changed.connect(lambda change: self._on_label_changed(change, advance=False))
+        dialog.decision_failed.connect(lambda msg: self.status.add_warning(f"A review decision was not saved: {msg}"))
+        self.label_errors_dialog = dialog
+        dialog.show()
 
     def _error(self, title: str, message: str) -> None:
         self.status.show_message(f"{title}: {message}", 15000)
