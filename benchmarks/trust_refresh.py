@@ -74,14 +74,19 @@ def build(folder: Path, n: int, dim: int, seed: int) -> tuple[np.ndarray, list[s
     return vectors[n:], labels[n:]
 
 
-def measure(folder: Path, n: int, dim: int, predictor: str, queries: int, seed: int) -> tuple[float, float, float]:
-    """(before ms, after ms, background refit s) per query after a label change."""
+def measure(folder: Path, n: int, dim: int, predictor: str, queries: int, seed: int) -> tuple[float, float, float, float]:
+    """(before ms, after ms, background refit s, steady ms) per query (steady: no label change)."""
     qv, _ = build(folder, n, dim, seed)
     settings = Settings()
     settings.local_predictor = predictor
     with open_library(folder / "lib", create=False) as store:
         clf = Classifier(store, settings, encoder=CachedOnlyEncoder(dim))  # type: ignore[arg-type]
         clf.assess(qv[0], predictor, wait=True)  # the first fit, as when the window opens
+        steady = []
+        for q in range(queries):
+            start = time.perf_counter()
+            clf.assess(qv[q + 1], predictor, wait=False)
+            steady.append(time.perf_counter() - start)
         labelled = [i for i, _ in store.labelled(include_pending=True, include_synthetic=False)]
         before, after = [], []
         for q in range(queries):
@@ -100,7 +105,7 @@ def measure(folder: Path, n: int, dim: int, predictor: str, queries: int, seed: 
             start = time.perf_counter()
             clf.wait_for_trust()
             refit = max(refit, time.perf_counter() - start)
-    return statistics.median(before) * 1000, statistics.median(after) * 1000, refit
+    return statistics.median(before) * 1000, statistics.median(after) * 1000, refit, statistics.median(steady) * 1000
 
 
 def main() -> None:
@@ -113,9 +118,10 @@ def main() -> None:
     args = parser.parse_args()
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            b, a, r = measure(Path(tmp), n, args.dim, args.predictor, args.queries, args.seed)
+            b, a, r, s = measure(Path(tmp), n, args.dim, args.predictor, args.queries, args.seed)
         print(f"assess after a label change, {n} labelled, {args.predictor}: before {b:.0f} ms/query "
-              f"(refit in the query), after {a:.1f} ms/query (stale fit, refit {r:.1f} s in the background)")
+              f"(refit in the query), after {a:.1f} ms/query (stale fit, refit {r:.1f} s in the background); "
+              f"no label change {s:.1f} ms/query")
 
 
 if __name__ == "__main__":

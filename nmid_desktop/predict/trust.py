@@ -87,18 +87,24 @@ class TrustModel:
         self.encoder_key = encoder_key
         self.novelty = NoveltyModel(self.vectors, self.labels, threshold=threshold)
         self.cache = cache or CalibrationCache()
+        # Per (predictor, K): the cache's key digests every (id, label), too dear for each query.
+        self._calibrations: dict[tuple[str, int], Calibration | None] = {}
 
     def calibration(self, predictor: str, k: int = 5) -> Calibration | None:
         """The calibration of a local predictor on this labelled set (None below two classes or
         when a class has a single image for the probe)."""
         from nmid_desktop.core.errors import LabelError
 
-        if len(set(self.labels)) < 2:
-            return None
-        try:
-            return self.cache.get(predictor, self.ids, self.vectors, self.labels, encoder_key=self.encoder_key, k=k)
-        except LabelError:
-            return None
+        if (predictor, k) in self._calibrations:
+            return self._calibrations[(predictor, k)]
+        found: Calibration | None = None
+        if len(set(self.labels)) >= 2:
+            try:
+                found = self.cache.get(predictor, self.ids, self.vectors, self.labels, encoder_key=self.encoder_key, k=k)
+            except LabelError:
+                found = None
+        self._calibrations[(predictor, k)] = found
+        return found
 
     def assess(
         self, raw: Ranking, vector: np.ndarray, *, k: int = 5, exclude_ids: Sequence[int] = (), stale: bool = False
