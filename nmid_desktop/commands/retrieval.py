@@ -298,6 +298,8 @@ def _assessment_text(path: str, assessment: Any, how: str, *, as_json: bool = Fa
     if as_json:
         return json.dumps({"path": path, "predictor": how, "itself_left_out": left_out, **assessment.to_dict()})
     novelty, ranking = assessment.novelty, assessment.ranking
+    if novelty is None:  # not with wait=True, what the command uses
+        return f"{path}: {ranking.top1} ({how}): {_ranking_text(list(ranking.items))}"
     if novelty.novel:
         return (f"{path}: {novelty.text} (novelty {novelty.score:.2f})\n"
                 f"  not trusted: nearest class {ranking.top1} ({how}): {_ranking_text(list(ranking.items), 3)}")

@@ -45,6 +45,7 @@ from nmid_desktop.predict.trust import Assessment, TrustModel
 log = logging.getLogger(__name__)
 
 LOCAL_PREDICTORS = ("knn", "logreg")
+INLINE_TRUST_FIT = 5000  # labelled images up to which a first trust fit (about a second) runs in the query
 _FILE_CACHE_SIZE = 256
 class Classifier:
     """Local retrieval and prediction over one library.
@@ -432,25 +433,26 @@ class Classifier:
             return current[1]
         return self._fit_trust(key, pool)
 
-    def _current_trust(self, predictor: str, k: int) -> tuple[TrustModel, bool]:
+    def _current_trust(self, predictor: str, k: int) -> tuple[TrustModel | None, bool]:
         """The trust model to use now without waiting: ``(model, stale)``.
 
         When the labels moved since the last fit, the previous model is returned (marked
         stale) and one background thread refits it, calibration of ``predictor`` included,
-        so the labelling loop never pays for a refit. Only the very first assessment of a
-        classifier (no model yet) fits in the caller's thread.
+        so the labelling loop never pays for a refit. With no model yet, a library of up to
+        :data:`INLINE_TRUST_FIT` labelled images fits in the caller's thread (about a second);
+        a larger one starts the background fit and gets ``(None, True)`` meanwhile.
         """
         key, pool = self._trust_key()
         with self._lock:
             current = self._trust
             if current is not None and current[0] == key:
                 return current[1], False
-            if current is not None:
+            if current is not None or len(pool) > INLINE_TRUST_FIT:
                 if self._trust_thread is None or not self._trust_thread.is_alive():
                     self._trust_thread = threading.Thread(
                         target=self._refit_trust, args=(predictor, k), name="nmid-trust-refit", daemon=True)
                     self._trust_thread.start()
-                return current[1], True
+                return (current[1] if current is not None else None), True
         return self._fit_trust(key, pool, predictor, k), False
 
     def _refit_trust(self, predictor: str, k: int) -> None:
@@ -489,7 +491,8 @@ class Classifier:
             exclude_ids: Library images left out (the query itself).
             wait: True (the CLI): refit the trust model now when the labels moved. False (the
                 window's labelling loop): use the previous fit, marked ``stale``, while a
-                background thread refits.
+                background thread refits (no fit yet on a large library: the raw ranking,
+                ``novelty`` None, marked ``stale``).
             demonstrations: As for :meth:`predict_local` (no second search).
         """
         exclude = [int(i) for i in exclude_ids]
@@ -499,7 +502,10 @@ class Classifier:
         if wait:
             model, stale = self.trust_model(), False
         else:
-            model, stale = self._current_trust(predictor, k)
+            found, stale = self._current_trust(predictor, k)
+            if found is None:
+                return Assessment(ranking=raw, raw=raw, novelty=None, stale=True)
+            model = found
         return model.assess(raw, vector, k=k, exclude_ids=exclude, stale=stale)
 
     @property

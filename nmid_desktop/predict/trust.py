@@ -25,7 +25,8 @@ class Assessment:
         ranking: Calibrated ranking (same order as ``raw``; probabilities temperature-scaled).
         raw: The predictor's own ranking.
         novelty: How unlike the library the query is; when ``novelty.novel`` the window shows
-            ``novelty.text`` as a badge instead of a confident label.
+            ``novelty.text`` as a badge instead of a confident label. None: no trust model yet
+            (a large library's first fit runs in the background; ``ranking`` is then raw).
         temperature: The calibration's T (1.0: not calibrated).
         stale: True when calibration and novelty reference come from the labelled set before
             the latest label changes (the window's labelling loop refits them in the background).
@@ -33,14 +34,14 @@ class Assessment:
 
     ranking: Ranking
     raw: Ranking
-    novelty: Novelty
+    novelty: Novelty | None
     temperature: float = 1.0
     stale: bool = False
 
     @property
     def trusted(self) -> bool:
         """False when the query is unlike the library: the label must not be shown as confident."""
-        return not self.novelty.novel
+        return self.novelty is None or not self.novelty.novel
 
     @property
     def label(self) -> str:
@@ -56,14 +57,14 @@ class Assessment:
     def summary(self) -> str:
         """One line, e.g. ``porous 62 % (unlike your library: nearest 0.70, typical 0.91)``."""
         head = f"{self.label} {self.confidence:.0%}"
-        return f"{head} ({self.novelty.text})" if self.novelty.novel else head
+        return f"{head} ({self.novelty.text})" if self.novelty is not None and self.novelty.novel else head
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {"label": self.label, "confidence": round(self.confidence, 4),
                 "ranking": [[c, round(p, 4)] for c, p in self.ranking.items],
                 "raw_confidence": round(self.raw.confidence, 4), "temperature": round(self.temperature, 4),
-                "novelty": self.novelty.to_dict(), "trusted": self.trusted, "stale": self.stale}
+                "novelty": self.novelty.to_dict() if self.novelty is not None else None, "trusted": self.trusted, "stale": self.stale}
 
 
 class TrustModel:

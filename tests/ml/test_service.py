@@ -329,11 +329,18 @@ def test_assess_calibrates_flags_a_novel_image_and_refits_on_label_change(store,
     assert clf.trust_model() is not model
 
 
-def test_assess_without_waiting_uses_the_previous_fit_and_refits_in_the_background(store, clf) -> None:
+def test_assess_without_waiting_uses_the_previous_fit_and_refits_in_the_background(
+    store, clf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nmid_desktop.predict.service as service
+
     records = [r for r in store.images(ImageFilter(unlabelled=False)) if r.label == "porous"]
     vector = clf.embed_image(records[0].id)
-    first = clf.assess(vector, "knn", 5, wait=False)  # no model yet: fitted in this thread
-    assert not first.stale
+    monkeypatch.setattr(service, "INLINE_TRUST_FIT", 10)  # this library counts as large: first fit in the background
+    first = clf.assess(vector, "knn", 5, wait=False)
+    assert first.stale and first.novelty is None and first.ranking == first.raw and first.trusted
+    assert clf.wait_for_trust(timeout=120)
+    assert not clf.assess(vector, "knn", 5, wait=False).stale
     model = clf.trust_model()
     store.set_label(records[1].id, "fibres", source="expert")
     during = clf.assess(vector, "knn", 5, wait=False)
