@@ -7,6 +7,7 @@ are read, anything else is reported and skipped).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -66,7 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="classify image files or folders with the local predictor and/or the multimodal model",
         description="Print each image's ranking (top 5 with probabilities). The local predictor works offline; "
         "'lmm' and 'both' ask the configured OpenAI-compatible endpoint with K retrieved demonstrations. "
-        "A folder is searched recursively for images; links, FIFOs and devices are reported and skipped.",
+        "A folder is searched recursively for images; links, FIFOs and devices are reported and skipped. "
+        "An image unlike the library (novelty past the threshold) gets the line 'unlike your library: "
+        "nearest X, typical Y' instead of a confident label; the suggestion follows, marked not trusted.",
         epilog=f"{EXIT_CODES[0].upper()}{EXIT_CODES[1:]}. Here: 1 when any image could not be read or "
         "classified, or was skipped in a folder.",
     )
@@ -78,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--save", action="store_true",
                    help="store the predictions (files not yet in the library are imported, unlabelled)")
     p.add_argument("--dry-run", action="store_true", help="lmm: print the cost estimate and send nothing")
+    p.add_argument("--json", action="store_true",
+                   help="local predictor: one JSON object per image (label, calibrated ranking, novelty, trusted)")
     add_refresh_arg(p)
     p.add_argument("--encoder", metavar="NAME", default=None, help="encoder (default: the library's)")
     p.set_defaults(func=_cmd_classify)
@@ -283,6 +288,25 @@ def _ranking_text(items: list[tuple[str, float]], n: int = 5) -> str:
     return ", ".join(f"{label} {p:.3f}" for label, p in items[:n])
 
 
+def _assessment_text(path: str, assessment: Any, how: str, *, as_json: bool = False, left_out: bool = False) -> str:
+    """What ``nmid classify`` prints for one local prediction.
+
+    A known image: its calibrated ranking, then how like the library it is. An image unlike
+    the library: the badge first, in place of the label, and the suggestion after it, marked
+    not trusted (a percentage on an image the library has never seen is not a confidence).
+    """
+    if as_json:
+        return json.dumps({"path": path, "predictor": how, "itself_left_out": left_out, **assessment.to_dict()})
+    novelty, ranking = assessment.novelty, assessment.ranking
+    if novelty is None:  # not with wait=True, what the command uses
+        return f"{path}: {ranking.top1} ({how}): {_ranking_text(list(ranking.items))}"
+    if novelty.novel:
+        return (f"{path}: {novelty.text} (novelty {novelty.score:.2f})\n"
+                f"  not trusted: nearest class {ranking.top1} ({how}): {_ranking_text(list(ranking.items), 3)}")
+    return (f"{path}: {ranking.top1} ({how}): {_ranking_text(list(ranking.items))}\n"
+            f"  {novelty.text} (novelty {novelty.score:.2f})")
+
+
 def _import_for_saving(store: Any, paths: list[Path]) -> dict[Path, int]:
     """Library ids of the files, importing (unlabelled) those not yet there."""
     from nmid_desktop.core.importer import import_files
@@ -303,6 +327,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     predictor = args.predictor or settings.predictor
+    if args.json and predictor != "local":
+        raise NmidError("--json covers the local predictor only: add --predictor local")
     images, failures = _expand_images(list(args.images))
     for path, reason in failures:
         print(f"nmid: {printable(str(path))}: skipped: {reason}", file=sys.stderr)
@@ -330,11 +356,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                         print(f"nmid: {printable(str(path))}: failed: {printable(str(exc))}", file=sys.stderr)
                         continue
                     ranking = assessment.ranking  # calibrated on the library (predict/calibration.py)
-                    note = " (itself left out)" if exclude and local == "knn" else ""
                     if line.tty:
                         line.close()  # the result line replaces the progress line
-                    print(f"{printable(str(path))}: {ranking.top1} ({local}{note}): {_ranking_text(list(ranking.items))}")
-                    print(f"  {assessment.novelty.text} (novelty {assessment.novelty.score:.2f})")
+                    left_out = bool(exclude) and local == "knn"
+                    how = local if args.json or not left_out else f"{local} (itself left out)"
+                    print(_assessment_text(printable(str(path)), assessment, how, as_json=args.json,
+                                           left_out=left_out))
                     if args.save:
                         store.add_prediction(ranking.to_prediction(ids[path], model=clf.encoder.key))
                 line(Progress(len(images), len(images), "classified"))

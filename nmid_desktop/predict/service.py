@@ -44,6 +44,7 @@ from nmid_desktop.predict.trust import Assessment, TrustModel
 log = logging.getLogger(__name__)
 
 LOCAL_PREDICTORS = ("knn", "logreg")
+INLINE_TRUST_FIT = 5000  # labelled images up to which a first trust fit (about a second) runs in the query
 _FILE_CACHE_SIZE = 256
 class Classifier:
     """Local retrieval and prediction over one library.
@@ -76,6 +77,7 @@ class Classifier:
         self._files: OrderedDict[tuple[str, int, int, str], np.ndarray] = OrderedDict()
         self._failed: set[int] = set()  # labelled images whose files could not be embedded
         self._trust: tuple[tuple[Any, ...], TrustModel] | None = None
+        self._trust_thread: threading.Thread | None = None
 
     # -- encoder and embeddings -----------------------------------------------------------
     @property
@@ -396,40 +398,114 @@ class Classifier:
 
         self._probe.ensure_fitted(key, data)
 
-    def trust_model(self) -> TrustModel:
-        """Novelty reference and calibrations of the current labelled set.
-
-        Rebuilt when the labels version moves (calibrations are further keyed by the exact
-        (id, label) set, so an undo that restores a labelled set reuses nothing stale).
-        """
+    def _trust_key(self) -> tuple[tuple[Any, ...], DemoPool]:
         self._ensure_ready()
         _, pool = self._refresh()
         if not len(pool):
             raise LabelError("the library has no labelled images yet: label or import some first")
-        key = (self.encoder.key, pool.version, self.include_pending)
+        return (self.encoder.key, pool.version, self.include_pending), pool
+
+    def _fit_trust(self, key: tuple[Any, ...], pool: DemoPool, predictor: str | None = None, k: int = 5) -> TrustModel:
+        """Build the trust model of ``pool`` (embeddings from the cache), fit the calibration of
+        ``predictor`` when given (the slow part, before the swap), and install it under ``key``."""
+        ids, vectors = run_job(self._embed_ids(sorted(pool.labels)))
         with self._lock:
             current = self._trust
-        if current is not None and current[0] == key:
-            return current[1]
-        ids, vectors = run_job(self._embed_ids(sorted(pool.labels)))
         cache = current[1].cache if current is not None else None
         model = TrustModel(ids, vectors, [pool.labels[int(i)] for i in ids], encoder_key=self.encoder.key, cache=cache)
+        if predictor is not None:
+            model.calibration(predictor, k)
         with self._lock:
             self._trust = (key, model)
         return model
 
+    def trust_model(self) -> TrustModel:
+        """Novelty reference and calibrations of the current labelled set, fitted now if stale.
+
+        Rebuilt when the labels version moves (calibrations are further keyed by the exact
+        (id, label) set, so an undo that restores a labelled set reuses nothing stale).
+        """
+        key, pool = self._trust_key()
+        with self._lock:
+            current = self._trust
+        if current is not None and current[0] == key:
+            return current[1]
+        return self._fit_trust(key, pool)
+
+    def _current_trust(self, predictor: str, k: int) -> tuple[TrustModel | None, bool]:
+        """The trust model to use now without waiting: ``(model, stale)``.
+
+        When the labels moved since the last fit, the previous model is returned (marked
+        stale) and one background thread refits it, calibration of ``predictor`` included,
+        so the labelling loop never pays for a refit. With no model yet, a library of up to
+        :data:`INLINE_TRUST_FIT` labelled images fits in the caller's thread (about a second);
+        a larger one starts the background fit and gets ``(None, True)`` meanwhile.
+        """
+        key, pool = self._trust_key()
+        with self._lock:
+            current = self._trust
+            if current is not None and current[0] == key:
+                return current[1], False
+            if current is not None or len(pool) > INLINE_TRUST_FIT:
+                if self._trust_thread is None or not self._trust_thread.is_alive():
+                    self._trust_thread = threading.Thread(
+                        target=self._refit_trust, args=(predictor, k), name="nmid-trust-refit", daemon=True)
+                    self._trust_thread.start()
+                return (current[1] if current is not None else None), True
+        return self._fit_trust(key, pool, predictor, k), False
+
+    def _refit_trust(self, predictor: str, k: int) -> None:
+        """Background refit until the model matches the labels (they may move again meanwhile)."""
+        try:
+            for _ in range(8):  # a bounded chase: a colleague labelling fast must not pin a thread forever
+                key, pool = self._trust_key()
+                with self._lock:
+                    if self._trust is not None and self._trust[0] == key:
+                        return
+                self._fit_trust(key, pool, predictor, k)
+        except Exception:  # noqa: BLE001 - a background refit must never kill the process; the stale one stays
+            log.exception("refitting the trust model failed; the previous one stays in use")
+
+    def wait_for_trust(self, timeout: float | None = None) -> bool:
+        """Wait for a background refit of the trust model; True when none is running any more."""
+        thread = self._trust_thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
     def assess(
-        self, vector: np.ndarray, predictor: str | None = None, k: int | None = None, exclude_ids: Iterable[int] = ()
+        self, vector: np.ndarray, predictor: str | None = None, k: int | None = None, exclude_ids: Iterable[int] = (),
+        *, wait: bool = True, demonstrations: Sequence[Demonstration] | None = None,
     ) -> Assessment:
         """:meth:`predict_local` with calibrated confidence and a novelty score.
 
         This is what the window should show: ``assessment.ranking`` (calibrated) and, when
         ``assessment.novelty.novel``, the badge ``assessment.novelty.text``.
+
+        Args:
+            vector: The query embedding, shape (D,).
+            predictor: ``knn`` or ``logreg`` (default: settings').
+            k: Neighbours of the kNN vote (default: settings').
+            exclude_ids: Library images left out (the query itself).
+            wait: True (the CLI): refit the trust model now when the labels moved. False (the
+                window's labelling loop): use the previous fit, marked ``stale``, while a
+                background thread refits (no fit yet on a large library: the raw ranking,
+                ``novelty`` None, marked ``stale``).
+            demonstrations: As for :meth:`predict_local` (no second search).
         """
         exclude = [int(i) for i in exclude_ids]
-        raw = self.predict_local(vector, predictor, k, exclude_ids=exclude)
+        predictor = predictor or self.settings.local_predictor
+        raw = self.predict_local(vector, predictor, k, exclude_ids=exclude, demonstrations=demonstrations)
         k = int(k or self.settings.k)
-        return self.trust_model().assess(raw, vector, k=k, exclude_ids=exclude)
+        if wait:
+            model, stale = self.trust_model(), False
+        else:
+            found, stale = self._current_trust(predictor, k)
+            if found is None:
+                return Assessment(ranking=raw, raw=raw, novelty=None, stale=True)
+            model = found
+        return model.assess(raw, vector, k=k, exclude_ids=exclude, stale=stale)
 
     @property
     def classes(self) -> list[str]:

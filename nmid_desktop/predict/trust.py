@@ -25,14 +25,23 @@ class Assessment:
         ranking: Calibrated ranking (same order as ``raw``; probabilities temperature-scaled).
         raw: The predictor's own ranking.
         novelty: How unlike the library the query is; when ``novelty.novel`` the window shows
-            ``novelty.text`` as a badge instead of a confident label.
+            ``novelty.text`` as a badge instead of a confident label. None: no trust model yet
+            (a large library's first fit runs in the background; ``ranking`` is then raw).
         temperature: The calibration's T (1.0: not calibrated).
+        stale: True when calibration and novelty reference come from the labelled set before
+            the latest label changes (the window's labelling loop refits them in the background).
     """
 
     ranking: Ranking
     raw: Ranking
-    novelty: Novelty
+    novelty: Novelty | None
     temperature: float = 1.0
+    stale: bool = False
+
+    @property
+    def trusted(self) -> bool:
+        """False when the query is unlike the library: the label must not be shown as confident."""
+        return self.novelty is None or not self.novelty.novel
 
     @property
     def label(self) -> str:
@@ -48,14 +57,14 @@ class Assessment:
     def summary(self) -> str:
         """One line, e.g. ``porous 62 % (unlike your library: nearest 0.70, typical 0.91)``."""
         head = f"{self.label} {self.confidence:.0%}"
-        return f"{head} ({self.novelty.text})" if self.novelty.novel else head
+        return f"{head} ({self.novelty.text})" if self.novelty is not None and self.novelty.novel else head
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {"label": self.label, "confidence": round(self.confidence, 4),
                 "ranking": [[c, round(p, 4)] for c, p in self.ranking.items],
                 "raw_confidence": round(self.raw.confidence, 4), "temperature": round(self.temperature, 4),
-                "novelty": self.novelty.to_dict()}
+                "novelty": self.novelty.to_dict() if self.novelty is not None else None, "trusted": self.trusted, "stale": self.stale}
 
 
 class TrustModel:
@@ -79,20 +88,28 @@ class TrustModel:
         self.encoder_key = encoder_key
         self.novelty = NoveltyModel(self.vectors, self.labels, threshold=threshold)
         self.cache = cache or CalibrationCache()
+        # Per (predictor, K): the cache's key digests every (id, label), too dear for each query.
+        self._calibrations: dict[tuple[str, int], Calibration | None] = {}
 
     def calibration(self, predictor: str, k: int = 5) -> Calibration | None:
         """The calibration of a local predictor on this labelled set (None below two classes or
         when a class has a single image for the probe)."""
         from nmid_desktop.core.errors import LabelError
 
-        if len(set(self.labels)) < 2:
-            return None
-        try:
-            return self.cache.get(predictor, self.ids, self.vectors, self.labels, encoder_key=self.encoder_key, k=k)
-        except LabelError:
-            return None
+        if (predictor, k) in self._calibrations:
+            return self._calibrations[(predictor, k)]
+        found: Calibration | None = None
+        if len(set(self.labels)) >= 2:
+            try:
+                found = self.cache.get(predictor, self.ids, self.vectors, self.labels, encoder_key=self.encoder_key, k=k)
+            except LabelError:
+                found = None
+        self._calibrations[(predictor, k)] = found
+        return found
 
-    def assess(self, raw: Ranking, vector: np.ndarray, *, k: int = 5, exclude_ids: Sequence[int] = ()) -> Assessment:
+    def assess(
+        self, raw: Ranking, vector: np.ndarray, *, k: int = 5, exclude_ids: Sequence[int] = (), stale: bool = False
+    ) -> Assessment:
         """Calibrate ``raw`` and score the query's novelty.
 
         Args:
@@ -100,6 +117,7 @@ class TrustModel:
             vector: The query embedding, shape (D,).
             k: K of the kNN vote (selects the matching calibration).
             exclude_ids: Library images left out of the neighbours (the query itself).
+            stale: Passed on to the assessment (this model predates the latest label changes).
         """
         sims = self.vectors @ np.asarray(vector, dtype=np.float32).reshape(-1)
         if len(exclude_ids):
@@ -108,5 +126,5 @@ class TrustModel:
         calibration = self.calibration(raw.predictor, k)
         return Assessment(
             ranking=calibrate_ranking(raw, calibration), raw=raw, novelty=novelty,
-            temperature=calibration.temperature if calibration is not None else 1.0,
+            temperature=calibration.temperature if calibration is not None else 1.0, stale=stale,
         )

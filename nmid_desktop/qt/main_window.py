@@ -193,6 +193,8 @@ class MainWindow(QMainWindow):
                                      "Rename, merge or delete classes")
         self.settings_action = action("Settings…", self._on_settings_triggered, QKeySequence.StandardKey.Preferences,
                                       "Library, encoder, retrieval, endpoint and models")
+        self.label_errors_action = action("Likely mislabelled…", self.find_label_errors, None,
+                                          "Find labels confident learning flags as likely wrong, and review them")
         for act in (self.open_action, self.open_folder_action, self.paste_action):
             bar.addAction(act)
         bar.addSeparator()
@@ -202,7 +204,8 @@ class MainWindow(QMainWindow):
         for act in (self.prev_action, self.next_action, self.ask_action):
             bar.addAction(act)
         bar.addSeparator()
-        for act in (self.rebuild_action, self.classes_action, self.export_action, self.settings_action):
+        for act in (self.rebuild_action, self.classes_action, self.label_errors_action, self.export_action,
+                    self.settings_action):
             bar.addAction(act)
 
         # Enter and 1-9 are shortcuts, not actions: a focused text box keeps digits (it claims
@@ -482,7 +485,8 @@ class MainWindow(QMainWindow):
         self.page.title.setText(record.original_name or record.path.name)
         self.page.card.set_current_label(record.label, record.label_source, record.review, record.label_actor)
         self.page.demos.set_demonstrations(result.tiles, self.ctx.class_names, self.ctx.class_colors)
-        self.page.card.set_local(result.ranking, result.predictor, len(result.tiles))
+        self.page.card.set_local(result.ranking, result.predictor, len(result.tiles), novelty=result.novelty,
+                                 stale=result.trust_stale)
         if result.stored_answer is not None:
             self.page.card.set_model(result.stored_answer, stored=True)  # paid once: shown, not asked again
         self._show_suggestion()
@@ -548,7 +552,9 @@ class MainWindow(QMainWindow):
         prefer_model = self.ctx.settings.predictor in ("lmm", "both")
         if prefer_model and answer is not None and answer.valid and answer.label:
             return answer.label, "lmm", answer.model, answer.confidence
-        if self.current is not None and self.current.ranking:
+        # An image unlike the library offers no local suggestion: one reflexive Enter must not
+        # file it under the nearest (far) class; the expert chooses with a digit or the class box.
+        if self.current is not None and self.current.ranking and self.current.trusted:
             label, prob = self.current.ranking[0]
             return label, "local", self.current.predictor, prob
         return None
@@ -559,7 +565,12 @@ class MainWindow(QMainWindow):
             return None
         suggestion = self.suggestion()
         if suggestion is None:
-            self.status.show_message("Nothing to accept yet: choose a class (1-9 or type its name).", 6000)
+            untrusted = self.page.card.untrusted
+            if untrusted is not None:
+                self.status.show_message(f"Unlike your library: the nearest class '{untrusted}' is not trusted, so Enter "
+                                         "does not accept it. Choose a class (1-9 or type its name).", 8000)
+            else:
+                self.status.show_message("Nothing to accept yet: choose a class (1-9 or type its name).", 6000)
             return None
         label, source, model, confidence = suggestion
         if source == "review":
@@ -919,6 +930,28 @@ class MainWindow(QMainWindow):
         expected = self.server_away and handle.kind in ("status", "query")
         if handle.outcome == "failed" and not self._closing and not expected:
             self.status.add_warning(f"{JOB_WORDS.get(handle.kind.split('-')[0], handle.kind)} failed: {handle.error}")
+
+    # -- the "likely mislabelled" queue (qt/widgets/label_errors_dialog.py, workspace/review.py) ---------
+    def find_label_errors(self) -> JobHandle:
+        """Look for likely mislabelled images in a worker (progress and cancel in the status bar)."""
+        from nmid_desktop.workspace.review import find_suspects
+
+        handle = self.jobs.start("suspects", lambda eng, token: find_suspects(eng, token), lane=ENGINE_LANE)
+        handle.finished.connect(self._on_suspects_found)
+        handle.failed.connect(lambda msg: self._error("Could not look for likely mislabelled images", msg))
+        return handle
+
+    def _on_suspects_found(self, suspects: list) -> None:  # list[SuspectItem]
+        from nmid_desktop.qt.widgets.label_errors_dialog import LabelErrorsDialog
+
+        if not suspects:
+            self.status.show_message("No likely mislabelled images found.", 8000)
+            return
+        dialog = LabelErrorsDialog(suspects, self.ctx.class_names, self.jobs, self)
+        dialog.label_changed.connect(lambda change: self._on_label_changed(change, advance=False))
+        dialog.decision_failed.connect(lambda msg: self.status.add_warning(f"A review decision was not saved: {msg}"))
+        self.label_errors_dialog = dialog
+        dialog.show()
 
     def _error(self, title: str, message: str) -> None:
         self.status.show_message(f"{title}: {message}", 15000)

@@ -27,6 +27,7 @@ from nmid_desktop.core.errors import LabelConflict, LibraryError, LibraryUnavail
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
 from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
 from nmid_desktop.inference.protocol import ImageEncoder
+from nmid_desktop.predict.novelty import Novelty
 from nmid_desktop.workspace.browse import BrowserRow
 from nmid_desktop.workspace.display import DemoTile, ImagePayload, ModelAnswer, ThumbnailCache, load_image
 
@@ -107,6 +108,10 @@ class QueryResult:
         timings: Seconds per stage (embed, search, predict, thumbnails).
         stored_answer: The model's newest stored answer for this image (paid for once: shown
             again on reopening instead of asking again), or None.
+        novelty: How unlike the library the image is (None without a local prediction); when
+            ``novelty.novel`` the window shows its badge instead of a confident label.
+        trust_stale: The calibration and novelty reference predate the latest label changes
+            (refitted in the background).
     """
 
     image_id: int
@@ -117,6 +122,13 @@ class QueryResult:
     demo_ids: tuple[int, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     stored_answer: ModelAnswer | None = None
+    novelty: Novelty | None = None
+    trust_stale: bool = False
+
+    @property
+    def trusted(self) -> bool:
+        """False when the image is unlike the library: its local suggestion is not to be accepted blindly."""
+        return self.novelty is None or not self.novelty.novel
 
 
 @dataclass(frozen=True)
@@ -381,12 +393,17 @@ class Engine:
         timings["search"] = time.perf_counter() - start
         start = time.perf_counter()
         ranking_items: tuple[tuple[str, float], ...] = ()
+        novelty: Novelty | None = None
+        trust_stale = False
         if demos:
             try:
                 # The similarity strategy's demonstrations are the kNN vote's: no second search.
                 reuse = demos if settings.strategy == "similarity" else None
-                ranking = classifier.predict_local(vector, predictor=settings.local_predictor, exclude_ids=(image_id,),
-                                                   demonstrations=reuse)
+                # Calibrated, with the novelty score; never waits for a refit after a label change.
+                assessment = classifier.assess(vector, settings.local_predictor, exclude_ids=(image_id,),
+                                               wait=False, demonstrations=reuse)
+                ranking = assessment.ranking
+                novelty, trust_stale = assessment.novelty, assessment.stale
             except NmidError as exc:
                 log.info("no local prediction for image %s: %s", image_id, exc)
                 ranking = None
@@ -407,6 +424,8 @@ class Engine:
             demo_ids=tuple(int(d.image_id) for d in demos),
             timings=timings,
             stored_answer=stored_answer(self.store, image_id),
+            novelty=novelty,
+            trust_stale=trust_stale,
         )
 
     def _tile(self, demo: Any) -> DemoTile:
@@ -454,9 +473,9 @@ class Engine:
         self._notify([image_id])
         return LabelChange(image_id, self.store.get_image(image_id), event, "set")
 
-    def set_review(self, image_id: int, review: str, actor: str = "") -> LabelChange:
-        """Accept or reject the current label without changing it."""
-        event = self.store.set_review(image_id, review, actor=actor)
+    def set_review(self, image_id: int, review: str, actor: str = "", kind: str = "review") -> LabelChange:
+        """Accept or reject the current label without changing it (``kind``: the history row's, e.g. ``kept``)."""
+        event = self.store.set_review(image_id, review, actor=actor, kind=kind)
         self._notify([image_id])
         return LabelChange(image_id, self.store.get_image(image_id), event, "review")
 

@@ -250,6 +250,33 @@ def test_commands_index_similar_classify(store, capsys: pytest.CaptureFixture[st
     assert "missing.png is not a file" in capsys.readouterr().err
 
 
+def test_command_classify_shows_the_badge_instead_of_the_label_for_an_image_unlike_the_library(
+    store, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    lib = str(store.root)
+    # Something unlike any demo class: a flat grey frame with a checkerboard corner.
+    odd = np.full((96, 96), 128, np.uint8)
+    odd[:24, :24] = (np.indices((24, 24)).sum(0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(odd).save(tmp_path / "odd.png")
+    known = tmp_path / "known.png"
+    shutil.copy(next(r for r in store.images(ImageFilter(unlabelled=False)) if r.label == "porous").path, known)
+    args = ["classify", "--library", lib, "--predictor", "local", "--local", "knn"]
+    assert _nmid([*args, str(tmp_path / "odd.png"), str(known)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    odd_line = lines.index(next(line for line in lines if line.startswith(f"{tmp_path / 'odd.png'}: ")))
+    badge, suggestion = lines[odd_line:odd_line + 2]
+    assert badge.startswith(f"{tmp_path / 'odd.png'}: unlike your library: nearest ") and ", typical " in badge
+    assert suggestion.startswith("  not trusted: nearest class ") and "%" not in badge
+    first = next(line for line in lines if line.startswith(f"{known}: "))
+    assert first.startswith(f"{known}: porous (knn (itself left out)): porous ")  # a known image: as before
+    assert _nmid([*args, "--json", str(tmp_path / "odd.png"), str(known)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["trusted"] for r in rows] == [False, True] and rows[0]["novelty"]["novel"] is True
+    assert set(rows[0]["novelty"]) >= {"score", "nearest", "typical", "threshold"} and rows[1]["itself_left_out"]
+    assert _nmid([*args[:-4], "--predictor", "both", "--json", str(known)]) == 1
+    assert "--json covers the local predictor only" in capsys.readouterr().err
+
+
 def test_command_evaluate_writes_table_json_and_figure(store, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     lib = str(store.root)
     code = _nmid([
@@ -300,6 +327,30 @@ def test_assess_calibrates_flags_a_novel_image_and_refits_on_label_change(store,
     assert clf.trust_model() is model  # cached while the labels stay the same
     store.set_label(record.id, "fibres", source="expert")
     assert clf.trust_model() is not model
+
+
+def test_assess_without_waiting_uses_the_previous_fit_and_refits_in_the_background(
+    store, clf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nmid_desktop.predict.service as service
+
+    records = [r for r in store.images(ImageFilter(unlabelled=False)) if r.label == "porous"]
+    vector = clf.embed_image(records[0].id)
+    monkeypatch.setattr(service, "INLINE_TRUST_FIT", 10)  # this library counts as large: first fit in the background
+    first = clf.assess(vector, "knn", 5, wait=False)
+    assert first.stale and first.novelty is None and first.ranking == first.raw and first.trusted
+    assert clf.wait_for_trust(timeout=120)
+    assert not clf.assess(vector, "knn", 5, wait=False).stale
+    model = clf.trust_model()
+    store.set_label(records[1].id, "fibres", source="expert")
+    during = clf.assess(vector, "knn", 5, wait=False)
+    assert during.stale and during.to_dict()["stale"] is True  # the previous fit, marked, without waiting
+    assert clf.wait_for_trust(timeout=120)
+    refitted = clf.trust_model()
+    assert refitted is not model  # the background refit has the new label:
+    assert dict(zip(refitted.ids.tolist(), refitted.labels, strict=True))[records[1].id] == "fibres"
+    after = clf.assess(vector, "knn", 5, wait=False)
+    assert not after.stale and clf.trust_model() is refitted
 
 
 def test_commands_review_errors_and_next(store, capsys: pytest.CaptureFixture[str]) -> None:

@@ -192,6 +192,17 @@ def test_filters_and_paging(store: Store, src: Path) -> None:
 # -- labels, history, undo/redo --------------------------------------------------------------
 
 
+def test_a_kept_suspect_label_is_a_kept_row_in_the_history_and_undoes_like_a_review(store: Store, src: Path) -> None:
+    (image_id,) = _add(store, src, 1)
+    store.set_label(image_id, "pores", source="lmm", model="m1")
+    event = store.set_review(image_id, "accepted", actor="ann", kind="kept")
+    assert (event.kind, event.old_label, event.new_label, event.new_review) == ("kept", "pores", "pores", "accepted")
+    assert store.history(image_id)[0].kind == "kept" and store.get_image(image_id).review == "accepted"
+    assert store.undo() is not None and store.get_image(image_id).review == "pending"
+    with pytest.raises(LabelError, match="history kind"):
+        store.set_review(image_id, "accepted", kind="label")
+
+
 def test_set_label_records_provenance_and_review_defaults(store: Store, src: Path) -> None:
     (image_id,) = _add(store, src, 1)
     event = store.set_label(image_id, "pores", source="lmm", actor="ann", model="m1", prompt_version="p3",

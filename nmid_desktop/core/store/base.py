@@ -28,6 +28,7 @@ JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "Jso
 
 LABEL_SOURCES = ("import", "expert", "local", "lmm", "synthetic")
 REVIEW_STATES = ("pending", "accepted", "rejected")
+REVIEW_KINDS = ("review", "kept")  # history kinds of a review row (kept: a suspect label checked and kept)
 SPLITS = ("train", "val", "test")
 CLASS_KEYS = range(1, 10)  # the digit keys a class can hold
 
@@ -97,7 +98,7 @@ class LabelEvent:
     confidence: float | None
     at: str
     undone: bool
-    kind: str = "label"  # label, review, merge, or conflict (a refused change, kept for the record)
+    kind: str = "label"  # label, review, kept (a suspect label checked and kept), merge, or conflict (a refused change)
     user: str = ""  # whose undo stack the change is on (the store's user)
 
 
@@ -328,8 +329,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def set_review(self, image_id: int, review: str, *, actor: str = "") -> LabelEvent:
-        """Accept or reject an image's current label (one history row)."""
+    def set_review(self, image_id: int, review: str, *, actor: str = "", kind: str = "review") -> LabelEvent:
+        """Accept or reject an image's current label (one history row).
+
+        Args:
+            kind: The history row's kind: ``review``, or ``kept`` for a label an expert checked
+                in the "likely mislabelled" queue and kept as it is.
+        """
 
     @abc.abstractmethod
     def undo(self) -> LabelEvent | None:

@@ -17,6 +17,7 @@ from nmid_desktop.core.labels import validate_label
 from nmid_desktop.core.store.base import (
     CLASS_KEYS,
     LABEL_SOURCES,
+    REVIEW_KINDS,
     REVIEW_STATES,
     ClassRecord,
     LabelChanges,
@@ -335,13 +336,15 @@ class LabelsMixin(SqlBase):
             self._op_mark(token, event_id)
             return self._event(event_id)
 
-    def set_review(self, image_id: int, review: str, *, actor: str = "") -> LabelEvent:
+    def set_review(self, image_id: int, review: str, *, actor: str = "", kind: str = "review") -> LabelEvent:
         if review not in REVIEW_STATES:
             raise LabelError(f"review must be one of {', '.join(REVIEW_STATES)}, not {review!r}")
+        if kind not in REVIEW_KINDS:
+            raise LabelError(f"a review's history kind must be one of {', '.join(REVIEW_KINDS)}, not {kind!r}")
         token = uuid.uuid4().hex
-        return self._write(lambda: self._set_review(image_id, review, actor, token))
+        return self._write(lambda: self._set_review(image_id, review, actor, token, kind))
 
-    def _set_review(self, image_id: int, review: str, actor: str, token: str) -> LabelEvent:
+    def _set_review(self, image_id: int, review: str, actor: str, token: str, kind: str = "review") -> LabelEvent:
         with self.transaction():
             done = self._op_done(token)
             if done is not None:
@@ -355,7 +358,7 @@ class LabelsMixin(SqlBase):
             # The label's provenance (e.g. "lmm, gpt-4.1-mini") stays; the event records the reviewer.
             prov = self._prov(row)
             event_id = self._insert_event(
-                "review", row, row["class_id"], review, prov, source="expert", actor=actor, at=_now()
+                kind, row, row["class_id"], review, prov, source="expert", actor=actor, at=_now()
             )
             self._apply(row["id"], row["class_id"], review, prov, version)
             self._op_mark(token, event_id)

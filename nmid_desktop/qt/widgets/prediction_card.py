@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from nmid_desktop.predict.novelty import Novelty
 from nmid_desktop.qt.imaging import SOURCE_NAMES, class_color
 from nmid_desktop.qt.widgets.flow_layout import FlowLayout
 from nmid_desktop.workspace.display import ModelAnswer
@@ -95,6 +96,16 @@ class PredictionCard(QFrame):
         self.local_summary.setObjectName("headline")
         self.local_summary.setWordWrap(True)
         layout.addWidget(self.local_summary)
+        # Shown instead of the confident label when the image is unlike the library.
+        self.novelty_badge = QLabel("", self)
+        self.novelty_badge.setObjectName("noveltyBadge")
+        self.novelty_badge.setWordWrap(True)
+        self.novelty_badge.setStyleSheet(
+            "QLabel#noveltyBadge { color: #fdd663; border: 1px solid #fdd663; border-radius: 4px; padding: 4px 6px; "
+            "font-weight: bold; }"
+        )
+        self.novelty_badge.hide()
+        layout.addWidget(self.novelty_badge)
         self.local_bars = RankingBars(self)
         layout.addWidget(self.local_bars)
 
@@ -173,6 +184,7 @@ class PredictionCard(QFrame):
         self.keys: dict[str, int] = {}  # class -> number key, as the library stores them
         self.colors: dict[str, QColor] = {}
         self.suggested: str | None = None
+        self.untrusted: str | None = None  # the nearest class of an image unlike the library (never a suggestion)
         self.accept_label: str | None = None
         self.set_model_visible(False)
         self.set_model(None)
@@ -230,11 +242,38 @@ class PredictionCard(QFrame):
         self.local_summary.setText(text)
         self.local_bars.set_items([], self.colors)
         self.suggested = None
+        self.untrusted = None
+        self.novelty_badge.hide()
         self.accept_button.setEnabled(False)
 
-    def set_local(self, items: Sequence[tuple[str, float]], predictor: str, n_demos: int) -> None:
-        """Show the local predictor's ranking; its top class becomes the suggestion."""
-        if not items:
+    def set_local(
+        self, items: Sequence[tuple[str, float]], predictor: str, n_demos: int, *,
+        novelty: Novelty | None = None, stale: bool = False,
+    ) -> None:
+        """Show the local predictor's ranking; its top class becomes the suggestion.
+
+        An image unlike the library (``novelty.novel``) shows the badge instead: the nearest
+        class appears small, marked not trusted, and is no suggestion (Enter does not take it).
+        ``stale``: the calibration predates the latest label changes (said in the tooltip).
+        """
+        self.untrusted = None
+        self.novelty_badge.hide()
+        if items and novelty is not None and novelty.novel:
+            top = items[0][0]
+            self.novelty_badge.setText(f"⚠ {novelty.text}")
+            self.novelty_badge.setToolTip(
+                f"Novelty {novelty.score:.2f} (threshold {novelty.threshold:.2f}): the library's own images match "
+                f"their nearest neighbour at {novelty.typical:.2f} typically, this one only at {novelty.nearest:.2f}. "
+                "A percentage here would not mean anything: choose the class yourself."
+            )
+            self.novelty_badge.show()
+            self.local_summary.setText(
+                f"<span style='color:#9aa0a6; font-size:9pt'>not trusted · nearest class {top}</span>"
+            )
+            self.local_bars.set_items([], self.colors)
+            self.suggested = None
+            self.untrusted = top
+        elif not items:
             self.local_summary.setText("No labelled images yet: choose a class below.")
             self.local_bars.set_items([], self.colors)
             self.suggested = None
@@ -247,6 +286,7 @@ class PredictionCard(QFrame):
             self.suggested = top
         self.local_summary.setToolTip(
             "Demonstrations are accepted labels only: predictions still pending review are never used."
+            + (" The calibration is being refreshed after your latest labels." if stale else "")
         )
         self.accept_button.setEnabled(self.class_box.isEnabled() and self.suggested is not None)
         self._update_agreement()
