@@ -30,6 +30,7 @@ KINDS = {
     "tif16": "16-bit grey TIFF",
     "tiff32": "32-bit float TIFF",
     "jpgrgb": "RGB JPEG",
+    "tifrgb": "RGB TIFF",
     "pngrgb": "RGB PNG",
     "pngrgbi": "interlaced RGB PNG",
     "bmprgb": "24-bit RGB BMP",
@@ -97,6 +98,9 @@ elif kind == "tif16":
 elif kind == "tiff32":
     import tifffile
     tifffile.imwrite(path, a.astype(np.float32) / 255)
+elif kind == "tifrgb":
+    import tifffile
+    tifffile.imwrite(path, np.stack([a, a[::-1], a[:, ::-1]], -1))
 elif kind == "jpgrgb":
     from PIL import Image
     Image.fromarray(np.stack([a, a[::-1], a[:, ::-1]], -1)).save(path, quality=85)
