@@ -294,9 +294,9 @@ def _bmp_iter(path: Path, image: Image.Image, offset: int, rawmode: str, stride:
                 handle.seek(offset + first * stride)
                 data = handle.read(n * stride)
                 if len(data) < n * stride:
-                    have = len(data) // stride
-                    row = y + have if direction == 1 else height - 1 - (first + have) + 1
-                    raise ImageError(path, f"truncated BMP data: the file ends before row {row} of {height}")
+                    complete = max(0, (handle.seek(0, io.SEEK_END) - offset) // stride)
+                    where = "top" if direction == 1 else "bottom"  # rows are stored from there on
+                    raise ImageError(path, f"truncated BMP data: the file holds the {where} {complete} of {height} rows only")
                 strip = Image.frombuffer(image.mode, (width, n), data, "raw", rawmode, stride, direction)
                 if palette is not None:
                     strip.putpalette(palette[1], palette[0])
