@@ -710,6 +710,8 @@ def decode_estimate_bytes(info: ImageInfo) -> int:
     itemsize = np.dtype(info.dtype).itemsize if info.dtype in np.sctypeDict else 1
     if info.format == "TIFF" and info.channels == 1 and pixels >= _PAGED_MIN_PIXELS:
         return pixels * 2 + (64 << 20)  # strip by strip into the view
+    if info.format == "TIFF" and info.dtype == "uint8" and info.channels in (3, 4) and pixels >= _PAGED_MIN_PIXELS:
+        return pixels * 2 + (64 << 20)  # 8-bit RGB: strip by strip into the view
     if info.format in ("PNG", "BMP") and pixels >= _PAGED_MIN_PIXELS:
         return pixels * 2 + (64 << 20)  # strip by strip into the view (core/strips.py)
     return pixels * (info.channels * itemsize * 2 + 2) + (64 << 20)
@@ -829,20 +831,24 @@ def _striped_view8(path: Path, fmt: str, im: Any, info: ImageInfo) -> DecodedPag
 
 
 def _contiguous_bands(
-    path: Path, offset: int, dtype: np.dtype, height: int, width: int
+    path: Path, offset: int, dtype: np.dtype, height: int, width: int, samples: int = 1
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Bands of rows of an uncompressed frame stored at ``offset``; a short file is an ImageError."""
+    """Bands of rows of an uncompressed frame stored at ``offset``; a short file is an ImageError.
+
+    Blocks are (rows, width), or (rows, width, samples) for interleaved samples (RGB).
+    """
     rows = max(1, _BAND_PIXELS // max(1, width))
+    width_samples = width * samples
     try:
         with open_regular(path) as handle:
             handle.seek(offset)
             for y in range(0, height, rows):
                 n = min(rows, height - y)
-                data = handle.read(n * width * dtype.itemsize)
-                if len(data) < n * width * dtype.itemsize:
-                    row = y + len(data) // (width * dtype.itemsize)
+                data = handle.read(n * width_samples * dtype.itemsize)
+                if len(data) < n * width_samples * dtype.itemsize:
+                    row = y + len(data) // (width_samples * dtype.itemsize)
                     raise ImageError(path, f"truncated TIFF data: the file ends in row {row} of {height}")
-                block = np.frombuffer(data, dtype=dtype).reshape(n, width)
+                block = np.frombuffer(data, dtype=dtype).reshape((n, width, samples) if samples > 1 else (n, width))
                 yield y, 0, block.astype(block.dtype.newbyteorder("=")) if block.dtype.byteorder == ">" else block
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({_short(exc)})") from None
@@ -875,6 +881,8 @@ def _tiff_paged_view8(path: Path, tif: Any, page_index: int, max_pixels: int) ->
     _check_limit(path, width, height, max_pixels)
     photometric = int(getattr(page, "photometric", 1))
     dtype = np.dtype(page.dtype) if page.dtype is not None else None
+    if width * height >= _PAGED_MIN_PIXELS and photometric == 2:
+        return _tiff_rgb8_paged_view8(path, page, page_index, width, height, dtype)
     if (
         width * height < _PAGED_MIN_PIXELS
         or channels != 1
@@ -935,6 +943,46 @@ def _tiff_paged_view8(path: Path, tif: Any, page_index: int, max_pixels: int) ->
     if photometric == 0:
         np.subtract(255, view8, out=view8)
     return DecodedPage(width, height, dtype_name, view8)
+
+
+def _tiff_rgb8_paged_view8(
+    path: Path, page: Any, page_index: int, width: int, height: int, dtype: np.dtype | None
+) -> DecodedPage | None:
+    """The view of a large interleaved 8-bit RGB(A) TIFF page, strip by strip; None when not applicable.
+
+    Luma is computed pixel by pixel, so each decoded strip or tile goes straight through
+    :func:`to_view8`: a 400 MP RGB page needs its 400 MB view, not the 1.2 GB frame.
+    """
+    samples = int(getattr(page, "samplesperpixel", 1))
+    if (
+        dtype != np.uint8
+        or samples not in (3, 4)
+        or int(getattr(page, "planarconfig", 1)) != 1
+        or int(getattr(page, "imagedepth", 1) or 1) != 1
+    ):
+        return None
+    view8 = np.empty((height, width), dtype=np.uint8)
+    if bool(getattr(page, "is_final", False)) and not getattr(page, "is_tiled", False):
+        for y, _x, block in _contiguous_bands(path, int(page.dataoffsets[0]), dtype, height, width, samples):
+            view8[y : y + block.shape[0]] = to_view8(block)
+        return DecodedPage(width, height, "uint8", view8)
+    view8.fill(0)  # sparse (empty) segments are zeros, as page.asarray() gives
+    try:
+        for segment, index, _shape in page.segments():
+            if segment is None:
+                continue
+            y, x = int(index[2]), int(index[3])
+            block = np.asarray(segment)[0][: height - y, : width - x]
+            view8[y : y + block.shape[0], x : x + block.shape[1]] = to_view8(block)
+    except MemoryError:
+        raise ImageError(path, "not enough memory to decode this image") from None
+    except ImageError:
+        raise
+    except Exception as exc:
+        if "imagecodecs" in str(exc):
+            return None  # LZW/JPEG without imagecodecs: the whole-page path falls back to Pillow
+        raise ImageError(path, f"corrupt or truncated TIFF data on page {page_index} ({_short(exc)})") from None
+    return DecodedPage(width, height, "uint8", view8)
 
 
 def _check_page(path: Path, page: int, n_pages: int) -> None:

@@ -315,3 +315,19 @@ def test_decoding_a_16_mp_rgb_png_or_bmp_costs_less_than_two_bytes_a_pixel(tmp_p
     assert pixels == side * side
     # The view is 1 byte a pixel; strips and their conversion temporaries are a few MB (Pillow's frame: 4).
     assert grown < 2 * pixels, f"decoding grew RSS by {grown / 1e6:.0f} MB for {pixels / 1e6:.0f} MP"
+
+
+RGB_LAYOUTS = [{}, {"rowsperstrip": 5}, {"tile": (32, 32)}, {"compression": "zlib"}, {"byteorder": ">"}, {"lzw": True}]
+
+
+@pytest.mark.parametrize("samples", [3, 4])
+@pytest.mark.parametrize("layout", range(len(RGB_LAYOUTS)))
+def test_an_rgb_tiff_decoded_in_strips_equals_the_whole_decode(tmp_path, small_thresholds, layout, samples) -> None:
+    rgb = np.random.default_rng(layout).integers(0, 256, (70, 90, samples), dtype=np.uint8)
+    path = tmp_path / "rgb.tif"
+    extras = {"extrasamples": [2]} if samples == 4 else {}
+    if "lzw" in RGB_LAYOUTS[layout]:  # tifffile reads LZW only with imagecodecs: the Pillow fallback
+        Image.fromarray(rgb).save(path, compression="tiff_lzw")
+    else:
+        tifffile.imwrite(path, rgb, photometric="rgb", **RGB_LAYOUTS[layout], **extras)
+    _same_as_whole_decode(path)
