@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/import_memory.py [--workers N] [--sizes 64,400] [--kinds png8,tif16,jpgrgb,pngrgb,bmprgb] [--keep DIR]
+    .venv/bin/python benchmarks/import_memory.py [--workers N] [--sizes 64,400] [--kinds png8,tif16,jpgrgb,tifrgb,pngrgb,bmprgb] [--keep DIR]
 
 Writes one folder of large synthetic images per size (each file written by a child
 process, so the writer's memory is not counted), imports the folder into a fresh
@@ -132,7 +132,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=0, help="decoding threads (0: the import's default)")
     parser.add_argument("--sizes", default="64,400", help="megapixels per image, comma-separated")
-    parser.add_argument("--kinds", default="png8,tif16,jpgrgb,pngrgb,bmprgb", help=f"file kinds: {','.join(KINDS)}")
+    parser.add_argument("--kinds", default="png8,tif16,jpgrgb,tifrgb,pngrgb,bmprgb", help=f"file kinds: {','.join(KINDS)}")
     parser.add_argument("--keep", type=Path, default=None, help="write the images here and keep them")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
