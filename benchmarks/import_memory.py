@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/import_memory.py [--workers N] [--sizes 64,400] [--kinds png8,tif16,jpgrgb] [--keep DIR]
+    .venv/bin/python benchmarks/import_memory.py [--workers N] [--sizes 64,400] [--kinds png8,tif16,jpgrgb,tifrgb,pngrgb,bmprgb] [--keep DIR]
 
 Writes one folder of large synthetic images per size (each file written by a child
 process, so the writer's memory is not counted), imports the folder into a fresh
@@ -30,12 +30,57 @@ KINDS = {
     "tif16": "16-bit grey TIFF",
     "tiff32": "32-bit float TIFF",
     "jpgrgb": "RGB JPEG",
+    "tifrgb": "RGB TIFF",
+    "pngrgb": "RGB PNG",
+    "pngrgbi": "interlaced RGB PNG",
+    "bmprgb": "24-bit RGB BMP",
 }
+SUFFIXES = {"png8": ".png", "jpgrgb": ".jpg", "pngrgb": ".png", "pngrgbi": ".png", "bmprgb": ".bmp"}
 
 _WRITER = r"""
 import sys
 import numpy as np
 kind, side, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if kind in ("pngrgb", "pngrgbi", "bmprgb"):
+    # Written band by band (a 400 MP RGB frame would need 1.2 GB here, 1.6 GB in Pillow).
+    import struct, zlib
+
+    def rgb(ys, xs):
+        ys, xs = np.asarray(ys, np.int64)[:, None], np.asarray(xs, np.int64)[None, :]
+        def a(y, x):
+            return (((x * 7) ^ (y * 3)) & 255).astype(np.uint8)
+        return np.stack([a(ys, xs), a(side - 1 - ys, xs), a(ys, side - 1 - xs)], -1)
+
+    band = max(1, 4_000_000 // side)
+    with open(path, "wb") as out:
+        if kind == "bmprgb":
+            stride = (side * 3 + 3) & ~3
+            out.write(b"BM" + struct.pack("<IHHI", 54 + stride * side, 0, 0, 54))
+            out.write(struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, stride * side, 2835, 2835, 0, 0))
+            for top in range(side, 0, -band):  # bottom-up: the last row first
+                ys = np.arange(top - 1, max(0, top - band) - 1, -1)
+                rows = np.zeros((len(ys), stride), np.uint8)
+                rows[:, : side * 3] = rgb(ys, np.arange(side))[:, :, ::-1].reshape(len(ys), -1)
+                out.write(rows.tobytes())
+        else:
+            def chunk(kind, data):
+                out.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+            out.write(b"\x89PNG\r\n\x1a\n")
+            chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, int(kind == "pngrgbi")))
+            passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+            z = zlib.compressobj(1)
+            for x0, y0, dx, dy in passes if kind == "pngrgbi" else ((0, 0, 1, 1),):
+                xs, all_ys = np.arange(x0, side, dx), np.arange(y0, side, dy)
+                for start in range(0, len(all_ys), band):
+                    rows = rgb(all_ys[start : start + band], xs).reshape(-1, len(xs) * 3).astype(np.int16)
+                    rows[:, 3:] -= rows[:, :-3].copy()  # the Sub filter on every row
+                    lines = np.concatenate([np.ones((len(rows), 1), np.int16), rows], 1) & 255
+                    data = z.compress(lines.astype(np.uint8).tobytes())
+                    if data:
+                        chunk(b"IDAT", data)
+            chunk(b"IDAT", z.flush())
+            chunk(b"IEND", b"")
+    sys.exit(0)
 rows = []
 # Built in bands so the writer itself stays small; a texture that compresses moderately.
 y = np.arange(side, dtype=np.uint32)[:, None]
@@ -53,6 +98,9 @@ elif kind == "tif16":
 elif kind == "tiff32":
     import tifffile
     tifffile.imwrite(path, a.astype(np.float32) / 255)
+elif kind == "tifrgb":
+    import tifffile
+    tifffile.imwrite(path, np.stack([a, a[::-1], a[:, ::-1]], -1))
 elif kind == "jpgrgb":
     from PIL import Image
     Image.fromarray(np.stack([a, a[::-1], a[:, ::-1]], -1)).save(path, quality=85)
@@ -84,7 +132,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=0, help="decoding threads (0: the import's default)")
     parser.add_argument("--sizes", default="64,400", help="megapixels per image, comma-separated")
-    parser.add_argument("--kinds", default="png8,tif16,jpgrgb", help=f"file kinds: {','.join(KINDS)}")
+    parser.add_argument("--kinds", default="png8,tif16,jpgrgb,tifrgb,pngrgb,bmprgb", help=f"file kinds: {','.join(KINDS)}")
     parser.add_argument("--keep", type=Path, default=None, help="write the images here and keep them")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
@@ -99,7 +147,7 @@ def main() -> int:
             folder = root / f"{mp}mp"
             folder.mkdir(parents=True, exist_ok=True)
             for kind in kinds:
-                suffix = {"png8": ".png", "jpgrgb": ".jpg"}.get(kind, ".tif")
+                suffix = SUFFIXES.get(kind, ".tif")
                 path = folder / f"{kind}{suffix}"
                 if not path.exists():
                     subprocess.run([sys.executable, "-c", _WRITER, kind, str(side), str(path)], check=True)

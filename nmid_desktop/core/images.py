@@ -228,8 +228,16 @@ _PIL_DTYPES = {
 
 def _grey_palette(im: Any) -> bool:
     """True if a palette image's colours are all grey (old SEM BMP/TIFF often are)."""
-    palette = im.getpalette() if im.mode in ("P", "PA") else None
-    if not palette or "transparency" in im.info:
+    if im.mode not in ("P", "PA") or im.palette is None or "transparency" in im.info:
+        return False
+    # Read from the palette object: ``getpalette()`` would decode the whole frame first.
+    from PIL import Image
+
+    rawmode, data = im.palette.getdata()
+    probe = Image.new("P", (1, 1))
+    probe.putpalette(data, rawmode)
+    palette = probe.getpalette()
+    if not palette:
         return False
     rgb = np.asarray(palette, dtype=np.int16).reshape(-1, 3)
     return bool(np.all(rgb[:, 0] == rgb[:, 1]) and np.all(rgb[:, 1] == rgb[:, 2]))
@@ -261,25 +269,31 @@ def _pil_raw(path: Path, fmt: str, im: Any, info: ImageInfo) -> np.ndarray:
     """Decode a Pillow image into the stored samples (palette expanded)."""
     try:
         im.load()
-        mode = im.mode
-        if mode == "1":
-            im = im.convert("L")
-        elif mode == "P":
-            if _grey_palette(im):
-                im = im.convert("L")
-            else:
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif mode == "PA":
-            im = im.convert("RGBA")
-        elif mode in ("CMYK", "YCbCr", "RGBX"):
-            im = im.convert("RGB")
-        raw = np.asarray(im)
+        raw = _pil_samples(im)
     except ImageError:
         raise
     except MemoryError:
         raise ImageError(path, "not enough memory to decode this image") from None
     except Exception as exc:
         raise ImageError(path, f"corrupt or truncated {fmt} data ({_short(exc)})") from None
+    return raw
+
+
+def _pil_samples(im: Any) -> np.ndarray:
+    """The stored samples of a loaded Pillow image (palette expanded), native byte order."""
+    mode = im.mode
+    if mode == "1":
+        im = im.convert("L")
+    elif mode == "P":
+        if _grey_palette(im):
+            im = im.convert("L")
+        else:
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode in ("CMYK", "YCbCr", "RGBX"):
+        im = im.convert("RGB")
+    raw = np.asarray(im)
     if raw.dtype.byteorder == ">":
         raw = raw.astype(raw.dtype.newbyteorder("="))
     return raw
@@ -696,6 +710,10 @@ def decode_estimate_bytes(info: ImageInfo) -> int:
     itemsize = np.dtype(info.dtype).itemsize if info.dtype in np.sctypeDict else 1
     if info.format == "TIFF" and info.channels == 1 and pixels >= _PAGED_MIN_PIXELS:
         return pixels * 2 + (64 << 20)  # strip by strip into the view
+    if info.format == "TIFF" and info.dtype == "uint8" and info.channels in (3, 4) and pixels >= _PAGED_MIN_PIXELS:
+        return pixels * 2 + (64 << 20)  # 8-bit RGB: strip by strip into the view
+    if info.format in ("PNG", "BMP") and pixels >= _PAGED_MIN_PIXELS:
+        return pixels * 2 + (64 << 20)  # strip by strip into the view (core/strips.py)
     return pixels * (info.channels * itemsize * 2 + 2) + (64 << 20)
 
 
@@ -730,6 +748,10 @@ def decode_for_import(path: Path, page: int = 0, *, max_pixels: int = DEFAULT_MA
                 im = _pillow_open(path, fmt, handle)
                 info = _pil_info(path, fmt, im)
                 _check_limit(path, info.width, info.height, max_pixels)
+                if fmt in ("PNG", "BMP") and info.pixels >= _PAGED_MIN_PIXELS:
+                    striped = _striped_view8(path, fmt, im, info)
+                    if striped is not None:
+                        return striped
                 if fmt == "JPEG" and im.mode in ("RGB", "YCbCr"):
                     im.draft("L", im.size)  # libjpeg decodes luma only: a third of the memory
                 if im.mode in ("L", "RGB"):
@@ -752,21 +774,81 @@ def decode_for_import(path: Path, page: int = 0, *, max_pixels: int = DEFAULT_MA
     return DecodedPage(width, height, dtype, view8)
 
 
+def _striped_view8(path: Path, fmt: str, im: Any, info: ImageInfo) -> DecodedPage | None:
+    """The view of a large PNG or uncompressed BMP, decoded strip by strip; None when not applicable.
+
+    Each strip goes through the same conversion as a whole-frame decode (:func:`_pil_samples`,
+    then :func:`to_view8`, whose 8-bit conversions work pixel by pixel), so the view is the
+    same bytes. Deep (16-bit grey) data takes two passes, as the paged TIFF reader does: the
+    stretch statistics from the strided sample :func:`to_view8` would take, then the view.
+    """
+    from nmid_desktop.core import strips
+
+    def decode() -> Iterator[strips.Strip]:
+        if fmt == "PNG":
+            return strips.png_strips(path, _BAND_PIXELS)
+        found = strips.bmp_strips(path, im, _BAND_PIXELS)
+        return found if found is not None else iter(())
+
+    if fmt == "BMP" and strips.bmp_strips(path, im, _BAND_PIXELS) is None:
+        return None  # RLE-compressed: decoded whole
+    deep = info.dtype != "uint8"
+    if deep and info.channels != 1:
+        return None
+    height, width = info.height, info.width
+    view8 = np.empty((height, width), dtype=np.uint8)
+    dtype_name = info.dtype
+    try:
+        if not deep:
+            for strip in decode():
+                view8[strip.rows, strip.cols] = to_view8(_pil_samples(strip.image))
+        else:
+            step = _sample_step(height, width)
+            sample: np.ndarray | None = None
+            for strip in decode():
+                raw = _pil_samples(strip.image)
+                if sample is None:
+                    sample = np.zeros((-(-height // step), -(-width // step)), dtype=raw.dtype)
+                    dtype_name = raw.dtype.name
+                ys = np.arange(strip.rows.start, strip.rows.stop, strip.rows.step)
+                xs = np.arange(strip.cols.start, strip.cols.stop, strip.cols.step)
+                keep_y, keep_x = ys % step == 0, xs % step == 0
+                if keep_y.any() and keep_x.any():
+                    sample[np.ix_(ys[keep_y] // step, xs[keep_x] // step)] = raw[np.ix_(keep_y, keep_x)]
+            if sample is None:
+                raise ImageError(path, f"corrupt {fmt} data: no pixels")
+            params = _stretch_params(sample, 0.5, 99.5)
+            del sample
+            for strip in decode():
+                view8[strip.rows, strip.cols] = _stretch_apply(_pil_samples(strip.image), params)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(path, "not enough memory to decode this image") from None
+    except Exception as exc:
+        raise ImageError(path, f"corrupt or truncated {fmt} data ({_short(exc)})") from None
+    return DecodedPage(width, height, dtype_name, view8)
+
+
 def _contiguous_bands(
-    path: Path, offset: int, dtype: np.dtype, height: int, width: int
+    path: Path, offset: int, dtype: np.dtype, height: int, width: int, samples: int = 1
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Bands of rows of an uncompressed frame stored at ``offset``; a short file is an ImageError."""
+    """Bands of rows of an uncompressed frame stored at ``offset``; a short file is an ImageError.
+
+    Blocks are (rows, width), or (rows, width, samples) for interleaved samples (RGB).
+    """
     rows = max(1, _BAND_PIXELS // max(1, width))
+    width_samples = width * samples
     try:
         with open_regular(path) as handle:
             handle.seek(offset)
             for y in range(0, height, rows):
                 n = min(rows, height - y)
-                data = handle.read(n * width * dtype.itemsize)
-                if len(data) < n * width * dtype.itemsize:
-                    row = y + len(data) // (width * dtype.itemsize)
+                data = handle.read(n * width_samples * dtype.itemsize)
+                if len(data) < n * width_samples * dtype.itemsize:
+                    row = y + len(data) // (width_samples * dtype.itemsize)
                     raise ImageError(path, f"truncated TIFF data: the file ends in row {row} of {height}")
-                block = np.frombuffer(data, dtype=dtype).reshape(n, width)
+                block = np.frombuffer(data, dtype=dtype).reshape((n, width, samples) if samples > 1 else (n, width))
                 yield y, 0, block.astype(block.dtype.newbyteorder("=")) if block.dtype.byteorder == ">" else block
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({_short(exc)})") from None
@@ -799,6 +881,8 @@ def _tiff_paged_view8(path: Path, tif: Any, page_index: int, max_pixels: int) ->
     _check_limit(path, width, height, max_pixels)
     photometric = int(getattr(page, "photometric", 1))
     dtype = np.dtype(page.dtype) if page.dtype is not None else None
+    if width * height >= _PAGED_MIN_PIXELS and photometric == 2:
+        return _tiff_rgb8_paged_view8(path, page, page_index, width, height, dtype)
     if (
         width * height < _PAGED_MIN_PIXELS
         or channels != 1
@@ -859,6 +943,46 @@ def _tiff_paged_view8(path: Path, tif: Any, page_index: int, max_pixels: int) ->
     if photometric == 0:
         np.subtract(255, view8, out=view8)
     return DecodedPage(width, height, dtype_name, view8)
+
+
+def _tiff_rgb8_paged_view8(
+    path: Path, page: Any, page_index: int, width: int, height: int, dtype: np.dtype | None
+) -> DecodedPage | None:
+    """The view of a large interleaved 8-bit RGB(A) TIFF page, strip by strip; None when not applicable.
+
+    Luma is computed pixel by pixel, so each decoded strip or tile goes straight through
+    :func:`to_view8`: a 400 MP RGB page needs its 400 MB view, not the 1.2 GB frame.
+    """
+    samples = int(getattr(page, "samplesperpixel", 1))
+    if (
+        dtype != np.uint8
+        or samples not in (3, 4)
+        or int(getattr(page, "planarconfig", 1)) != 1
+        or int(getattr(page, "imagedepth", 1) or 1) != 1
+    ):
+        return None
+    view8 = np.empty((height, width), dtype=np.uint8)
+    if bool(getattr(page, "is_final", False)) and not getattr(page, "is_tiled", False):
+        for y, _x, block in _contiguous_bands(path, int(page.dataoffsets[0]), dtype, height, width, samples):
+            view8[y : y + block.shape[0]] = to_view8(block)
+        return DecodedPage(width, height, "uint8", view8)
+    view8.fill(0)  # sparse (empty) segments are zeros, as page.asarray() gives
+    try:
+        for segment, index, _shape in page.segments():
+            if segment is None:
+                continue
+            y, x = int(index[2]), int(index[3])
+            block = np.asarray(segment)[0][: height - y, : width - x]
+            view8[y : y + block.shape[0], x : x + block.shape[1]] = to_view8(block)
+    except MemoryError:
+        raise ImageError(path, "not enough memory to decode this image") from None
+    except ImageError:
+        raise
+    except Exception as exc:
+        if "imagecodecs" in str(exc):
+            return None  # LZW/JPEG without imagecodecs: the whole-page path falls back to Pillow
+        raise ImageError(path, f"corrupt or truncated TIFF data on page {page_index} ({_short(exc)})") from None
+    return DecodedPage(width, height, "uint8", view8)
 
 
 def _check_page(path: Path, page: int, n_pages: int) -> None:
