@@ -1,7 +1,7 @@
 """Entry script that PyInstaller freezes: starts the window.
 
 ``NMID_SMOKE_QUIT_MS=N`` (used by packaging/smoke_test.sh only) closes the window after N ms and
-prints its title and status-bar message first, so a headless run of the frozen window ends by
+prints its title, status bar and local prediction first, so a headless run of the frozen window ends by
 itself and shows what it got to.
 """
 
@@ -13,7 +13,7 @@ from nmid_desktop.qt.app import main
 
 def _arm_smoke_quit(ms: int) -> None:
     from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication, QMainWindow
+    from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QWidget
 
     from nmid_desktop.qt.app import make_application
 
@@ -22,8 +22,12 @@ def _arm_smoke_quit(ms: int) -> None:
     def report_and_quit() -> None:
         for widget in QApplication.topLevelWidgets():
             if isinstance(widget, QMainWindow):
-                print(f"window: {widget.windowTitle()!r}; status: {widget.statusBar().currentMessage()!r}",
-                      flush=True)
+                status = [label.text() for label in widget.statusBar().findChildren(QLabel) if label.text()]
+                card = widget.findChild(QWidget, "predictionCard")
+                summary = getattr(card, "local_summary", None)
+                print(f"window: {widget.windowTitle()!r}", flush=True)
+                print(f"status bar: {' | '.join(status)!r}", flush=True)
+                print(f"local prediction: {summary.text() if isinstance(summary, QLabel) else '?'!r}", flush=True)
                 widget.close()
         app.quit()
 

@@ -3,7 +3,7 @@
 #   packaging/smoke_test.sh [BUNDLE_DIR]     (default: dist/nmid-desktop)
 # 1. no torch in the folder; 2. nmid builds the demo library, classifies one image (engine and
 # device logged by -v), and refuses training naming the full install; 3. the window opens the
-# demo library offscreen, classifies the same image, and exits 0. Exit status 0 when all pass.
+# demo library offscreen, shows a local prediction for the same image, and exits 0. Exit status 0 when all pass.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bundle="$(cd "${1:-$root/dist/nmid-desktop}" && pwd)"
@@ -43,12 +43,13 @@ grep -q "Traceback" "$work/train.txt" && fail "training refusal is a traceback"
 
 echo "== 3. nmid-desktop: the window, offscreen, on the demo library with the same image"
 set +e
-NMID_SMOKE_QUIT_MS="${NMID_SMOKE_QUIT_MS:-20000}" timeout 120 "$bundle/nmid-desktop" --library "$work/demo" "$image" \
+NMID_SMOKE_QUIT_MS="${NMID_SMOKE_QUIT_MS:-30000}" timeout 120 "$bundle/nmid-desktop" --library "$work/demo" "$image" \
     >"$work/gui.txt" 2>&1
 code=$?
 set -e
 cat "$work/gui.txt"
 [ "$code" -eq 0 ] || fail "nmid-desktop exited with $code"
 grep -q "^window: " "$work/gui.txt" || fail "the window did not report"
+grep -q '^local prediction: .*<b>' "$work/gui.txt" || fail "the window shows no local prediction"
 grep -q "Traceback" "$work/gui.txt" && fail "a traceback in the window's output"
 echo "smoke: all passed"
