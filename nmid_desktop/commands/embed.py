@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from nmid_desktop.ml.encoders import resolve_encoder_name
+    from nmid_desktop.inference.loader import resolve_encoder_name
     from nmid_desktop.workspace.embedding import embed_library
 
     settings = load_settings()

@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     extra = [library_models_dir(library)] if library.is_dir() else []
     manifest = load_manifest(split_views(name)[0], extra)
     if args.out is not None:
+        from nmid_desktop.core.capabilities import require_torch
+
+        require_torch("Exporting an ONNX graph")  # before ml.onnx_export, which imports torch
         from nmid_desktop.ml.onnx_export import export_graph
 
         info = export_graph(manifest, Path(args.out) / f"{manifest.name}.onnx")

@@ -152,7 +152,7 @@ def embed_library(
     if engine == "ray":
         ray_job = _ray_module()  # fail before any work when Ray is missing
     if encoder is None:
-        from nmid_desktop.ml.encoders import load_encoder
+        from nmid_desktop.inference.loader import load_encoder  # the engine-choosing one: no torch in the bundle
 
         encoder = load_encoder(encoder_name, library=store.root, device="cpu" if engine == "ray" else None)
     started = time.perf_counter()

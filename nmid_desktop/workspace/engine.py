@@ -235,7 +235,7 @@ class Engine:
 
     def use_encoder(self, name: str) -> None:
         """Record ``name`` as the library's encoder (it wins over the settings' choice), then start over."""
-        from nmid_desktop.ml.encoders import set_library_encoder
+        from nmid_desktop.inference.loader import set_library_encoder
 
         set_library_encoder(self.store, name)
         self.reload_classifier()

@@ -90,6 +90,13 @@ class TrainingRequest:
     use_when_done: bool = False
 
 
+def training_unavailable() -> str | None:
+    """Why training cannot run in this install (no PyTorch: the lab-PC bundle), or None when it can."""
+    from nmid_desktop.core.capabilities import torch_available, torch_missing_message
+
+    return None if torch_available() else torch_missing_message("Training an encoder")
+
+
 def training_job(library: Path, request: TrainingRequest, token: CancelToken | None = None) -> Job[TrainResult]:
     """Train an encoder with SimCLR on the library's images; write it into the library's ``models/``.
 
@@ -97,10 +104,14 @@ def training_job(library: Path, request: TrainingRequest, token: CancelToken | N
 
     Raises:
         NmidError: When fewer than two images are fit for training.
+        TorchMissing: In an install without PyTorch (the lab-PC bundle): names the full install.
     """
+    from nmid_desktop.core.capabilities import require_torch
     from nmid_desktop.core.errors import NmidError
-    from nmid_desktop.ml.encoders import set_library_encoder
+    from nmid_desktop.inference.loader import set_library_encoder
     from nmid_desktop.ml.manifest import library_models_dir
+
+    require_torch("Training an encoder")  # before ml.simclr, which imports torch
     from nmid_desktop.ml.simclr import train_simclr
 
     with open_library(library, create=False) as store:
@@ -162,7 +173,7 @@ def compare_encoders_job(
     """
     from nmid_desktop.core.errors import Cancelled
     from nmid_desktop.evaluation.runner import EvalOptions, evaluate
-    from nmid_desktop.ml.encoders import resolve_encoder_name
+    from nmid_desktop.inference.loader import resolve_encoder_name
 
     with open_library(library, create=False) as store:
         current = current or resolve_encoder_name(store)
@@ -191,7 +202,7 @@ def compare_encoders_job(
 
 def use_encoder(library: Path, name: str) -> str:
     """Make ``name`` the library's encoder (the previous one stays on offer in Settings); returns the previous."""
-    from nmid_desktop.ml.encoders import resolve_encoder_name, set_library_encoder
+    from nmid_desktop.inference.loader import resolve_encoder_name, set_library_encoder
 
     with open_library(library, create=False) as store:
         previous = resolve_encoder_name(store)

@@ -66,9 +66,9 @@ class SettingsChange:
 
 def read_facts(library: Path, settings: Settings) -> SettingsFacts:
     """Encoders on offer, where the key comes from, and current prices of the configured models."""
+    from nmid_desktop.inference.loader import DEFAULT_ENCODER, resolve_encoder_name
     from nmid_desktop.lmm.cost import PriceTable
     from nmid_desktop.lmm.secrets import key_source
-    from nmid_desktop.ml.encoders import DEFAULT_ENCODER, resolve_encoder_name
     from nmid_desktop.ml.manifest import library_models_dir, list_manifests
 
     offered = [(m.name, m.description) for m in list_manifests([library_models_dir(library)])]

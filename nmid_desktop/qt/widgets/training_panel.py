@@ -25,7 +25,7 @@ from nmid_desktop.core.jobs import Progress
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.widgets.loss_curve import LossCurve
 from nmid_desktop.qt.workers import JobHandle
-from nmid_desktop.workspace.training import PRESETS, TrainingRequest, training_job
+from nmid_desktop.workspace.training import PRESETS, TrainingRequest, training_job, training_unavailable
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -143,10 +143,15 @@ class TrainingPanel(QWidget):
         left_host.setFixedWidth(360)
         layout.addWidget(left_host)
         layout.addLayout(right, 1)
+        self.unavailable = training_unavailable()  # the lab-PC bundle has no PyTorch
+        if self.unavailable:
+            self.start_button.setEnabled(False)
+            self.start_button.setToolTip(self.unavailable)
+            self.log.setPlainText(self.unavailable)
 
     def start(self) -> JobHandle | None:
         """Start training in a worker (one run at a time)."""
-        if self.handle is not None and self.handle.running:
+        if (self.handle is not None and self.handle.running) or self.unavailable:
             return None
         library, preset = self.ctx.library, self.preset.currentData()
         epochs, batch, use = self.epochs.value(), self.batch.value(), self.use_check.isChecked()
@@ -253,7 +258,7 @@ class TrainingPanel(QWidget):
         self.encoder_chosen.emit(name)
 
     def _on_ended(self) -> None:
-        self.start_button.setEnabled(True)
+        self.start_button.setEnabled(not self.unavailable)
         self.cancel_button.setEnabled(False)
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
