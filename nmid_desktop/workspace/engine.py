@@ -64,7 +64,9 @@ class LibraryStatus:
         n_pending: Images whose label awaits review.
         classes: The taxonomy.
         encoder: Encoder key, "" before the classifier is ready.
-        device: Torch device of the encoder.
+        device: Device of the encoder (``cpu``, ``cuda:0``).
+        engine: What runs the encoder (``onnxruntime`` or ``torch``), "" before it is ready.
+        runtime: One line on the engine (version, provider, threads), for a tooltip.
         index_state: A short phrase: "ready", "building", "stale: N new labels" ...
         api_cost_usd: API spending recorded in this library.
         labels_version: ``store.labels_version()``.
@@ -78,6 +80,8 @@ class LibraryStatus:
     classes: tuple[ClassInfo, ...]
     encoder: str = ""
     device: str = ""
+    engine: str = ""
+    runtime: str = ""
     index_state: str = ""
     api_cost_usd: float = 0.0
     labels_version: int = 0
@@ -268,11 +272,13 @@ class Engine:
         n_labelled = store.count_images(ImageFilter(unlabelled=False))
         n_rejected = store.count_images(ImageFilter(unlabelled=False, review="rejected"))
         n_pending = store.count_images(ImageFilter(review="pending", unlabelled=False))
-        encoder = device = ""
+        encoder = device = engine = runtime = ""
         classifier = self.classifier
         if classifier.ready:
             encoder = classifier.encoder.key
             device = str(classifier.encoder.device)
+            engine = classifier.encoder.engine
+            runtime = classifier.encoder.runtime
             index_state = "rebuild due" if classifier.needs_rebuild else "ready"
         else:
             index_state = "not loaded"
@@ -285,6 +291,8 @@ class Engine:
             classes=classes,
             encoder=encoder,
             device=str(device),
+            engine=engine,
+            runtime=runtime,
             index_state=index_state,
             api_cost_usd=store.total_cost(),
             labels_version=store.labels_version(),

@@ -80,3 +80,14 @@ def test_closing_cancels_and_waits_for_running_work(make_window, library: Path, 
     window.close()
     assert window.jobs.thread_count() == 0
     assert training.outcome == "cancelled" and batch.outcome in ("cancelled", "finished")
+
+
+def test_the_status_bar_names_the_device_and_the_engine(make_window, library: Path, query_images, qtbot):
+    window = make_window(library)
+    drop_files(window, [query_images["particles"][0]])
+    wait_shown(qtbot, window)
+    qtbot.waitUntil(lambda: "·" in window.status.device.text(), timeout=TIMEOUT_MS)
+    encoder = window._engine_ref.engine.classifier.encoder
+    expected = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch"}[encoder.engine]
+    assert window.status.device.text() == f"Device: {str(encoder.device).upper()} · {expected}"
+    assert window.status.device.toolTip() == encoder.runtime

@@ -121,7 +121,10 @@ class StatusBar(QStatusBar):
         name = re.sub(r"@[^+]*", "", status.encoder) if status.encoder else "–"
         self.encoder.setText(f"Encoder: {name}")
         self.encoder.setToolTip(status.encoder or "not loaded yet")
-        self.device.setText(f"Device: {status.device.upper() if status.device else '–'}")
+        device = status.device.upper() if status.device else "–"
+        engine = {"onnxruntime": "ONNX Runtime", "torch": "PyTorch"}.get(status.engine, status.engine)
+        self.device.setText(f"Device: {device} · {engine}" if engine else f"Device: {device}")
+        self.device.setToolTip(status.runtime or "the encoder is not loaded yet")
         self.index.setText(f"Index: {status.index_state or '–'}")
         cap = f" of ${budget_usd:.2f}" if budget_usd is not None else ""
         self.spend.setText(f"API {money(status.api_cost_usd)}{cap}")
