@@ -1,13 +1,15 @@
 """Qt item models over plain rows fetched by workers.
 
-:class:`LibraryModel` is the library browser's model. It holds one small frozen
-row per image (20,000 rows are a few megabytes) and no pixels: a thumbnail is
-asked for only when the view paints its row, made by the thumbnail worker, and
-kept in a bounded cache, so scrolling through 20,000 images never loads 20,000.
+:class:`LibraryModel` is the library browser's model. It pages: the ids of every
+row listed (8 bytes each), full rows only for the pages painted lately, and no
+pixels: a thumbnail is asked for only when the view paints its row, made by the
+thumbnail worker, and kept in a bounded cache, so scrolling through a million
+images never holds a million rows or thumbnails.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -35,21 +37,41 @@ LabelRole = Qt.ItemDataRole.UserRole + 2
 
 
 class LibraryModel(QAbstractListModel):
-    """Rows of library images with lazily loaded thumbnails.
+    """Rows of library images, fetched page by page, with lazily loaded thumbnails.
+
+    The model never reads the store: it asks. ``fetchMore`` (called by the view when it
+    scrolls to the end) emits :attr:`more_requested`, and the browser's worker answers
+    with :meth:`append_page`. Every image id listed so far is kept (8 bytes a row: a
+    million rows are 8 MB), but full rows only for the pages painted lately; a page
+    scrolled back to is asked for again by its ids (:attr:`page_requested`, answered with
+    :meth:`fill_page`) and shows placeholders until it arrives. :meth:`set_rows` gives
+    the model every row at once and keeps them all (small lists, tests).
 
     Args:
         requests: Where thumbnail requests go (served by the thumbnail worker).
         thumb_size: Thumbnail side in pixels.
         cache_items: Pixmaps kept in memory (least recently painted are dropped).
+        page_size: Rows per page.
+        cached_pages: Pages of full rows kept (least recently painted are dropped).
     """
 
     thumbnails_requested = Signal(int)  # how many were queued (for tests and the benchmark)
+    more_requested = Signal()  # the next page after the last one
+    page_requested = Signal(int, object)  # page index, its image ids: a page to read again
 
     def __init__(self, requests: ThumbnailQueue, thumb_size: int = 112, cache_items: int = 1500,
-                 parent: QObject | None = None) -> None:
+                 parent: QObject | None = None, *, page_size: int = 1000, cached_pages: int = 30) -> None:
         super().__init__(parent)
-        self._rows: list[BrowserRow] = []
-        self._row_of: dict[int, int] = {}
+        self._ids = array("q")
+        self._pages: OrderedDict[int, list[BrowserRow]] = OrderedDict()
+        self._row_of: dict[int, int] = {}  # image id -> row, for the rows of cached pages
+        self._asked: set[int] = set()
+        self._want: set[int] = set()
+        self._pinned = False
+        self._at_end = True
+        self._fetching = False
+        self.page_size = page_size
+        self._cached_pages = cached_pages
         # Keyed by content (sha256, page), never by image id: ids repeat across libraries, and
         # after switching library the same id is another image.
         self._pixmaps: OrderedDict[tuple[str, int], QPixmap] = OrderedDict()
@@ -69,46 +91,181 @@ class LibraryModel(QAbstractListModel):
         self._flush_timer.setSingleShot(True)
         self._flush_timer.setInterval(15)
         self._flush_timer.timeout.connect(self._flush_requests)
+        # Pages to read again are asked for after painting, never from inside data().
+        self._page_timer = QTimer(self)
+        self._page_timer.setSingleShot(True)
+        self._page_timer.setInterval(0)
+        self._page_timer.timeout.connect(self._ask_pages)
 
     # -- rows --------------------------------------------------------------------------------------
-    def set_rows(self, rows: Sequence[BrowserRow]) -> None:
-        """Replace all rows (pixmaps of images still present are kept)."""
-        self.beginResetModel()
-        self._rows = list(rows)
-        self._row_of = {row.image_id: i for i, row in enumerate(self._rows)}
+    def _clear(self, at_end: bool) -> None:
+        self._ids = array("q")
+        self._pages.clear()
+        self._row_of.clear()
+        self._asked.clear()
+        self._want.clear()
+        self._at_end = at_end
+        self._fetching = False
         self._pending.clear()
         self._requested.clear()
         self._requests.clear()
+
+    def reset(self) -> None:
+        """Forget every row; the next page is fetched when the view asks (a new query)."""
+        self.beginResetModel()
+        self._clear(at_end=False)
+        self._pinned = False
         self.endResetModel()
 
-    def row_data(self, row: int) -> BrowserRow:
-        """The plain row at ``row``."""
-        return self._rows[row]
+    def set_rows(self, rows: Sequence[BrowserRow]) -> None:
+        """Replace all rows with these, all kept (pixmaps of images still present are kept)."""
+        self.beginResetModel()
+        self._clear(at_end=True)
+        self._pinned = True
+        self._add_rows(list(rows))
+        self.endResetModel()
+
+    def _add_rows(self, rows: list[BrowserRow]) -> None:
+        first = len(self._ids)
+        self._ids.extend(row.image_id for row in rows)
+        for start in range(0, len(rows), self.page_size):
+            self._store_page((first + start) // self.page_size, rows[start:start + self.page_size])
+
+    def _store_page(self, page: int, rows: list[BrowserRow]) -> None:
+        old = self._pages.get(page)
+        if old is not None and len(old) >= len(rows):
+            rows = rows + old[len(rows):]
+        self._pages[page] = rows
+        self._pages.move_to_end(page)
+        base = page * self.page_size
+        for i, row in enumerate(rows):
+            self._row_of[row.image_id] = base + i
+        while not self._pinned and len(self._pages) > self._cached_pages:
+            gone, gone_rows = self._pages.popitem(last=False)
+            self._asked.discard(gone)
+            for row in gone_rows:
+                self._row_of.pop(row.image_id, None)
+
+    def append_page(self, rows: Sequence[BrowserRow], at_end: bool) -> None:
+        """The next page the browser fetched after :attr:`more_requested`."""
+        self._fetching = False
+        self._at_end = at_end
+        if len(self._ids) % self.page_size:
+            raise ValueError("a page was appended after a short page")  # pragma: no cover - a caller's bug
+        if rows:
+            first = len(self._ids)
+            self.beginInsertRows(QModelIndex(), first, first + len(rows) - 1)
+            self._add_rows(list(rows))
+            self.endInsertRows()
+
+    def fill_page(self, page: int, rows: Sequence[BrowserRow]) -> None:
+        """A page read again by its ids: replace the placeholders."""
+        self._asked.discard(page)
+        first = page * self.page_size
+        last = min(len(self._ids), first + self.page_size) - 1
+        if last < first:
+            return
+        expected = self._ids[first:last + 1].tolist()
+        by_id = {row.image_id: row for row in rows}
+        # An image deleted meanwhile keeps its place as a placeholder-free gap-less row list.
+        kept = [by_id[i] for i in expected if i in by_id]
+        if len(kept) != len(expected):
+            return
+        self._store_page(page, kept)
+        self.dataChanged.emit(self.index(first), self.index(last))
+
+    def canFetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> bool:  # noqa: N802, B008
+        return not parent.isValid() and not self._at_end and not self._fetching
+
+    def fetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> None:  # noqa: N802, B008
+        if self.canFetchMore(parent):
+            self._fetching = True
+            self.more_requested.emit()
+
+    @property
+    def fetching(self) -> bool:
+        """A page was asked for and has not arrived."""
+        return self._fetching
+
+    @property
+    def complete(self) -> bool:
+        """Every row of the query is listed."""
+        return self._at_end
+
+    def _ask_pages(self) -> None:
+        for page in sorted(self._want - self._asked - set(self._pages)):
+            first = page * self.page_size
+            ids = self._ids[first:first + self.page_size].tolist()
+            if ids:
+                self._asked.add(page)
+                self.page_requested.emit(page, ids)
+        self._want.clear()
+
+    def _row(self, row: int) -> BrowserRow | None:
+        page, offset = divmod(row, self.page_size)
+        rows = self._pages.get(page)
+        if rows is None:
+            if page not in self._asked:
+                self._want.add(page)
+                if not self._page_timer.isActive():
+                    self._page_timer.start()
+            return None
+        self._pages.move_to_end(page)
+        return rows[offset] if offset < len(rows) else None
+
+    def row_data(self, row: int) -> BrowserRow | None:
+        """The plain row at ``row``; None while its page is not in memory."""
+        if not 0 <= row < len(self._ids):
+            return None
+        page, offset = divmod(row, self.page_size)
+        rows = self._pages.get(page)
+        return rows[offset] if rows is not None and offset < len(rows) else None
 
     def rows(self) -> list[BrowserRow]:
-        """All rows, in order."""
-        return list(self._rows)
+        """The rows in memory, in order (every row of a list smaller than the page cache)."""
+        return [row for page in sorted(self._pages) for row in self._pages[page]]
+
+    def ids(self) -> list[int]:
+        """The image ids of every row listed, in order."""
+        return self._ids.tolist()
 
     def row_of(self, image_id: int) -> int | None:
         """Row index of an image, None when not listed."""
-        return self._row_of.get(image_id)
+        row = self._row_of.get(image_id)
+        if row is not None:
+            return row
+        try:
+            return self._ids.index(image_id)
+        except ValueError:
+            return None
 
     def update_row(self, row: BrowserRow) -> None:
         """Replace one image's row in place (after a label change)."""
         index = self._row_of.get(row.image_id)
         if index is None:
             return
-        self._rows[index] = row
+        page, offset = divmod(index, self.page_size)
+        self._pages[page][offset] = row
         model_index = self.index(index)
         self.dataChanged.emit(model_index, model_index)
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
-        return 0 if parent.isValid() else len(self._rows)
+        return 0 if parent.isValid() else len(self._ids)
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+        if not index.isValid() or not 0 <= index.row() < len(self._ids):
             return None
-        row = self._rows[index.row()]
+        if role == Qt.ItemDataRole.SizeHintRole:
+            return QSize(self.thumb_size + 16, self.thumb_size + 30)
+        if role == ImageIdRole:
+            return self._ids[index.row()]
+        row = self._row(index.row())
+        if row is None:  # its page is on its way
+            if role == Qt.ItemDataRole.DisplayRole:
+                return "…"
+            if role == Qt.ItemDataRole.DecorationRole:
+                return self._placeholder
+            return None
         if role == Qt.ItemDataRole.DisplayRole:
             label = row.label or "unlabelled"
             mark = " ✓" if row.review == "accepted" and row.label else " ?" if row.review == "pending" and row.label else ""
@@ -130,10 +287,6 @@ class LibraryModel(QAbstractListModel):
             if row.label is None:
                 return QColor("#9aa0a6")
             return self.colors.get(row.label)
-        if role == Qt.ItemDataRole.SizeHintRole:
-            return QSize(self.thumb_size + 16, self.thumb_size + 30)
-        if role == ImageIdRole:
-            return row.image_id
         if role == LabelRole:
             return row.label
         return None
@@ -181,7 +334,8 @@ class LibraryModel(QAbstractListModel):
                 continue
             key = (request.sha256, request.page)
             row = self._row_of.get(request.image_id)
-            current = row is not None and (self._rows[row].sha256, self._rows[row].page) == key
+            listed = None if row is None else self.row_data(row)
+            current = listed is not None and (listed.sha256, listed.page) == key
             if current:
                 self._requested.discard(request.image_id)
             if thumb is None:
