@@ -39,11 +39,12 @@ LabelRole = Qt.ItemDataRole.UserRole + 2
 class LibraryModel(QAbstractListModel):
     """Rows of library images, fetched page by page, with lazily loaded thumbnails.
 
-    The model never reads the store: it asks. ``fetchMore`` (called by the view when it
-    scrolls to the end) emits :attr:`more_requested`, and the browser's worker answers
-    with :meth:`append_page`. Every image id listed so far is kept (8 bytes a row: a
-    million rows are 8 MB), but full rows only for the pages painted lately; a page
-    scrolled back to is asked for again by its ids (:attr:`page_requested`, answered with
+    The model never reads the store: the browser's worker feeds it. A query starts with
+    its first page of rows (:meth:`append_page`), then the store's count
+    (:meth:`set_total`: the view lays out every row once, placeholders included), then
+    the ids of the rest in big chunks (:meth:`append_ids`, 8 bytes a row: a million rows
+    are 8 MB). Full rows are kept only for the pages painted lately; a page painted
+    without its rows is asked for by its ids (:attr:`page_requested`, answered with
     :meth:`fill_page`) and shows placeholders until it arrives. :meth:`set_rows` gives
     the model every row at once and keeps them all (small lists, tests).
 
@@ -56,11 +57,10 @@ class LibraryModel(QAbstractListModel):
     """
 
     thumbnails_requested = Signal(int)  # how many were queued (for tests and the benchmark)
-    more_requested = Signal()  # the next page after the last one
     page_requested = Signal(int, object)  # page index, its image ids: a page to read again
 
     def __init__(self, requests: ThumbnailQueue, thumb_size: int = 112, cache_items: int = 1500,
-                 parent: QObject | None = None, *, page_size: int = 1000, cached_pages: int = 30) -> None:
+                 parent: QObject | None = None, *, page_size: int = 200, cached_pages: int = 100) -> None:
         super().__init__(parent)
         self._ids = array("q")
         self._pages: OrderedDict[int, list[BrowserRow]] = OrderedDict()
@@ -68,6 +68,7 @@ class LibraryModel(QAbstractListModel):
         self._asked: set[int] = set()
         self._want: set[int] = set()
         self._pinned = False
+        self._total = 0
         self._at_end = True
         self._fetching = False
         self.page_size = page_size
@@ -106,6 +107,7 @@ class LibraryModel(QAbstractListModel):
         self._want.clear()
         self._at_end = at_end
         self._fetching = False
+        self._total = 0
         self._pending.clear()
         self._requested.clear()
         self._requests.clear()
@@ -123,6 +125,7 @@ class LibraryModel(QAbstractListModel):
         self._clear(at_end=True)
         self._pinned = True
         self._add_rows(list(rows))
+        self._total = len(self._ids)
         self.endResetModel()
 
     def _add_rows(self, rows: list[BrowserRow]) -> None:
@@ -147,16 +150,50 @@ class LibraryModel(QAbstractListModel):
                 self._row_of.pop(row.image_id, None)
 
     def append_page(self, rows: Sequence[BrowserRow], at_end: bool) -> None:
-        """The next page the browser fetched after :attr:`more_requested`."""
+        """The first rows of a query (or the next ones, page-aligned), with their ids."""
         self._fetching = False
-        self._at_end = at_end
         if len(self._ids) % self.page_size:
             raise ValueError("a page was appended after a short page")  # pragma: no cover - a caller's bug
-        if rows:
-            first = len(self._ids)
-            self.beginInsertRows(QModelIndex(), first, first + len(rows) - 1)
-            self._add_rows(list(rows))
+        first = len(self._ids)
+        self._add_rows(list(rows))
+        self._grow(first, at_end)
+
+    def append_ids(self, ids: Sequence[int], at_end: bool) -> None:
+        """The ids of the next rows (their rows are read when painted, :attr:`page_requested`)."""
+        first = len(self._ids)
+        self._ids.extend(int(i) for i in ids)
+        self._grow(first, at_end)
+        # Rows painted as placeholders before their ids arrived: ask for their pages now.
+        if self._want and not self._page_timer.isActive():
+            self._page_timer.start()
+
+    def set_total(self, total: int) -> None:
+        """How many rows the query lists (the store's count): the view lays them all out once.
+
+        Rows whose ids have not arrived yet show placeholders. Growing the row count once, not
+        page by page, matters: a view lays out every row again whenever rows are inserted.
+        """
+        if total > self._total:
+            old = self.rowCount()
+            self._total = total
+            if total > old:
+                self.beginInsertRows(QModelIndex(), old, total - 1)
+                self.endInsertRows()
+
+    def _grow(self, first: int, at_end: bool) -> None:
+        self._at_end = at_end
+        shown = max(self._total, first)
+        if len(self._ids) > shown:
+            self.beginInsertRows(QModelIndex(), shown, len(self._ids) - 1)
+            self._total = len(self._ids) if at_end else self._total
             self.endInsertRows()
+        elif at_end and len(self._ids) < shown:
+            # Fewer rows than counted (images deleted meanwhile): drop the rest.
+            self.beginRemoveRows(QModelIndex(), len(self._ids), shown - 1)
+            self._total = len(self._ids)
+            self.endRemoveRows()
+        if first < len(self._ids) and first < shown:
+            self.dataChanged.emit(self.index(first), self.index(min(len(self._ids), shown) - 1))
 
     def fill_page(self, page: int, rows: Sequence[BrowserRow]) -> None:
         """A page read again by its ids: replace the placeholders."""
@@ -167,39 +204,37 @@ class LibraryModel(QAbstractListModel):
             return
         expected = self._ids[first:last + 1].tolist()
         by_id = {row.image_id: row for row in rows}
-        # An image deleted meanwhile keeps its place as a placeholder-free gap-less row list.
         kept = [by_id[i] for i in expected if i in by_id]
         if len(kept) != len(expected):
-            return
+            return  # an image was deleted meanwhile: the next refresh lists the rest
         self._store_page(page, kept)
         self.dataChanged.emit(self.index(first), self.index(last))
 
-    def canFetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> bool:  # noqa: N802, B008
-        return not parent.isValid() and not self._at_end and not self._fetching
-
-    def fetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> None:  # noqa: N802, B008
-        if self.canFetchMore(parent):
-            self._fetching = True
-            self.more_requested.emit()
-
     @property
     def fetching(self) -> bool:
-        """A page was asked for and has not arrived."""
+        """The first page was asked for and has not arrived."""
         return self._fetching
+
+    def start_fetching(self) -> None:
+        """Mark the first page as on its way."""
+        self._fetching = True
 
     @property
     def complete(self) -> bool:
-        """Every row of the query is listed."""
+        """Every id of the query is listed."""
         return self._at_end
 
     def _ask_pages(self) -> None:
+        waiting: set[int] = set()
         for page in sorted(self._want - self._asked - set(self._pages)):
             first = page * self.page_size
             ids = self._ids[first:first + self.page_size].tolist()
-            if ids:
+            if len(ids) < min(self.page_size, self.rowCount() - first):
+                waiting.add(page)  # its ids are on their way (append_ids asks again)
+            elif ids:
                 self._asked.add(page)
                 self.page_requested.emit(page, ids)
-        self._want.clear()
+        self._want = waiting
 
     def _row(self, row: int) -> BrowserRow | None:
         page, offset = divmod(row, self.page_size)
@@ -250,15 +285,15 @@ class LibraryModel(QAbstractListModel):
         self.dataChanged.emit(model_index, model_index)
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
-        return 0 if parent.isValid() else len(self._ids)
+        return 0 if parent.isValid() else max(self._total, len(self._ids))
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._ids):
+        if not index.isValid() or not 0 <= index.row() < self.rowCount():
             return None
         if role == Qt.ItemDataRole.SizeHintRole:
             return QSize(self.thumb_size + 16, self.thumb_size + 30)
         if role == ImageIdRole:
-            return self._ids[index.row()]
+            return self._ids[index.row()] if index.row() < len(self._ids) else None
         row = self._row(index.row())
         if row is None:  # its page is on its way
             if role == Qt.ItemDataRole.DisplayRole:

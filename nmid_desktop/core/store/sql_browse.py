@@ -201,6 +201,23 @@ class BrowseMixin(SqlBase):
         return int(self._q("SELECT COUNT(*) FROM images i" + where, params).fetchone()[0])
 
     # -- pages -----------------------------------------------------------------------------
+    def browse_ids(
+        self,
+        flt: BrowseFilter,
+        *,
+        order: str = "id",
+        local_predictor: str = "knn",
+        after: BrowseCursor | None = None,
+        limit: int = 20_000,
+    ) -> tuple[list[int], BrowseCursor | None]:
+        """The image ids of the next ``limit`` rows after ``after``: :meth:`browse_page` without the rows.
+
+        The browser lists every id of a query this way (8 bytes a row in memory) and reads
+        full rows only for the pages it paints (:meth:`browse_items`).
+        """
+        rows, cursor = self._browse(flt, order, local_predictor, after, limit, ids_only=True)
+        return [int(r["id"]) for r in rows], cursor
+
     def browse_page(
         self,
         flt: BrowseFilter,
@@ -223,18 +240,24 @@ class BrowseMixin(SqlBase):
         Raises:
             LibraryError: An unknown order or local predictor, or a limit below 1.
         """
+        rows, cursor = self._browse(flt, order, local_predictor, after, limit, ids_only=False)
+        return [self._item(r) if order != "id" else BrowseItem(self._record(r)) for r in rows], cursor
+
+    def _browse(
+        self, flt: BrowseFilter, order: str, local_predictor: str, after: BrowseCursor | None, limit: int,
+        *, ids_only: bool,
+    ) -> tuple[list[_DbRow], BrowseCursor | None]:
         self._check_order(order, local_predictor)
         if limit < 1:
             raise LibraryError(f"a page holds at least one row, not {limit}")
         clauses, params = self._browse_where(flt, order != "id")
         if order == "id":
             start = after[4] if after is not None else 0
-            rows = self._select(clauses + ["i.id > ?"], [*params, start], None, "i.id", limit)
-            items = [BrowseItem(self._record(r)) for r in rows]
-            cursor = (0, 0, 0.0, 0.0, items[-1].record.id) if len(items) == limit else None
-            return items, cursor
+            rows = self._select(clauses + ["i.id > ?"], [*params, start], None, "i.id", limit, ids_only)
+            cursor = (0, 0, 0.0, 0.0, int(rows[-1]["id"])) if len(rows) == limit else None
+            return rows, cursor
         self.refresh_queue_keys()
-        items = []
+        items: list[_DbRow] = []
         segment = after[0] if after is not None else 0
         if segment == 0:
             # Ranked images: the index on queue_keys gives the order; images are joined by id.
@@ -249,8 +272,8 @@ class BrowseMixin(SqlBase):
                 else:
                     ranked.append("(k.margin, k.neg_entropy, k.image_id) > (?, ?, ?)")
                     ranked_params += [after[2], after[3], after[4]]
-            rows = self._select(ranked, ranked_params, local_predictor, key, limit)
-            items = [self._item(r) for r in rows]
+            rows = self._select(ranked, ranked_params, local_predictor, key, limit, ids_only)
+            items = rows
             if len(items) == limit:
                 last = rows[-1]
                 return items, (0, int(last["q_agree"]), float(last["q_margin"]), float(last["q_neg_entropy"]),
@@ -262,9 +285,9 @@ class BrowseMixin(SqlBase):
             *clauses, "i.id > ?",
             "NOT EXISTS (SELECT 1 FROM queue_keys u WHERE u.choice = ? AND u.image_id = i.id AND u.margin IS NOT NULL)",
         ]
-        rows = self._select(unranked, [*params, start, local_predictor], None, "i.id", limit - len(items))
-        items += [BrowseItem(self._record(r)) for r in rows]
-        cursor = (1, 0, 0.0, 0.0, items[-1].record.id) if len(items) == limit else None
+        rows = self._select(unranked, [*params, start, local_predictor], None, "i.id", limit - len(items), ids_only)
+        items += rows
+        cursor = (1, 0, 0.0, 0.0, int(items[-1]["id"])) if len(items) == limit else None
         return items, cursor
 
     def browse_items(
@@ -277,18 +300,20 @@ class BrowseMixin(SqlBase):
         table, param = self._id_table(ids)
         clause = f"i.id IN (SELECT j.value FROM {table})"
         choice = local_predictor if order != "id" else None
-        rows = self._select([clause], [param], choice, "i.id", len(ids))
+        rows = self._select([clause], [param], choice, "i.id", len(ids), False)
         by_id = {int(r["id"]): (self._item(r) if choice else BrowseItem(self._record(r))) for r in rows}
         return [by_id[int(i)] for i in ids if int(i) in by_id]
 
     def _select(
-        self, clauses: list[str], params: list[Any], choice: str | None, order_by: str, limit: int
+        self, clauses: list[str], params: list[Any], choice: str | None, order_by: str, limit: int, ids_only: bool
     ) -> list[_DbRow]:
         if choice is None:
-            sql = _IMAGE_SELECT + " WHERE " + " AND ".join(clauses) + f" ORDER BY {order_by} LIMIT ?"
+            head = "SELECT i.id FROM images i" if ids_only else _IMAGE_SELECT
+            sql = head + " WHERE " + " AND ".join(clauses) + f" ORDER BY {order_by} LIMIT ?"
             return list(self._q(sql, [*params, int(limit)]).fetchall())
         # Driven from queue_keys so its index gives the order; the choice parameter comes first.
-        sql = f"""SELECT i.*, c.name AS label, k.top1 AS q_top1, k.margin AS q_margin,
+        columns = "i.id" if ids_only else "i.*, c.name AS label, k.top1 AS q_top1"
+        sql = f"""SELECT {columns}, k.margin AS q_margin,
                   k.neg_entropy AS q_neg_entropy, k.agree_rank AS q_agree,
                   CASE WHEN m.valid = 1 THEN m.label END AS q_model
                   FROM queue_keys k JOIN images i ON i.id = k.image_id
@@ -303,6 +328,10 @@ class BrowseMixin(SqlBase):
 
     def _item(self, row: _DbRow) -> BrowseItem:
         record = self._record(row)
-        if row["q_margin"] is None:
+        try:
+            margin = row["q_margin"]
+        except (IndexError, KeyError):  # a row of the unranked part: no queue columns
+            margin = None
+        if margin is None:
             return BrowseItem(record)
-        return BrowseItem(record, top1=row["q_top1"], margin=float(row["q_margin"]), model_label=row["q_model"])
+        return BrowseItem(record, top1=row["q_top1"], margin=float(margin), model_label=row["q_model"])

@@ -37,7 +37,9 @@ from nmid_desktop.workspace.browse import (
     BrowserPage,
     BrowserQuery,
     BrowserRow,
+    IdChunk,
     count_rows,
+    fetch_id_chunk,
     fetch_ids,
     fetch_page,
 )
@@ -46,18 +48,18 @@ from nmid_desktop.workspace.display import ThumbnailQueue, thumbnail_loader
 log = logging.getLogger(__name__)
 
 BROWSER_LANE = "browser"
+ID_CHUNK = 20_000  # ids listed per store call after the first page
 
 
 class LibraryBrowser(QWidget):
     """Filters, a count, and the thumbnail grid. Double-click opens an image for labelling."""
 
-    def __init__(self, ctx: AppContext, parent: QWidget | None = None, *, page_size: int = 1000) -> None:
+    def __init__(self, ctx: AppContext, parent: QWidget | None = None, *, page_size: int = 200) -> None:
         super().__init__(parent)
         self.setObjectName("libraryBrowser")
         self.ctx = ctx
         self.requests = ThumbnailQueue()
         self.model = LibraryModel(self.requests, parent=self, page_size=page_size)
-        self.model.more_requested.connect(self._on_model_more_requested)
         self.model.page_requested.connect(self._on_model_page_requested)
         self._loader: JobHandle | None = None
         self._query_handle: JobHandle | None = None
@@ -66,7 +68,6 @@ class LibraryBrowser(QWidget):
         self._generation = 0
         self._count: int | None = None
         self._keep: int | None = None
-        self._starting = False
         self._dirty = True
 
         self.class_combo = QComboBox(self)
@@ -198,28 +199,24 @@ class LibraryBrowser(QWidget):
         return handle
 
     def _fetch_next(self) -> JobHandle:
-        query, cursor, generation = self._query, self._cursor, self._generation
+        query, generation = self._query, self._generation
         size = self.model.page_size
-        if not self.model.fetching:
-            self._starting = True
-            try:
-                self.model.fetchMore()  # marks the model as waiting (the view asks through here too)
-            finally:
-                self._starting = False
+        self.model.start_fetching()
         handle = self.ctx.jobs.start(
-            "browser-query", lambda store, token: fetch_page(store, query, cursor, size), lane=BROWSER_LANE
+            "browser-query", lambda store, token: fetch_page(store, query, None, size), lane=BROWSER_LANE
         )
         handle.finished.connect(lambda page, g=generation: self._on_page_finished(g, page))
         handle.failed.connect(self._on_query_failed)
         self._query_handle = handle
         return handle
 
-    def _on_model_more_requested(self) -> None:
-        if self._starting:
-            return  # asked by _fetch_next itself
-        if self._query_handle is not None and self._query_handle.running:
-            return  # that page is on its way
-        self._fetch_next()
+    def _fetch_ids(self) -> None:
+        query, cursor, generation = self._query, self._cursor, self._generation
+        handle = self.ctx.jobs.start(
+            "browser-ids", lambda store, token: fetch_id_chunk(store, query, cursor, ID_CHUNK), lane=BROWSER_LANE
+        )
+        handle.finished.connect(lambda chunk, g=generation: self._on_ids_finished(g, chunk))
+        handle.failed.connect(self._on_query_failed)
 
     def _on_model_page_requested(self, page: int, ids: list[int]) -> None:
         query, generation = self._query, self._generation
@@ -236,12 +233,23 @@ class LibraryBrowser(QWidget):
             return  # an older query's page
         self._cursor = page.cursor
         self.model.append_page(page.rows, at_end=page.cursor is None)
+        if page.cursor is not None:
+            self._fetch_ids()
         if self._keep is not None:
             row = self.model.row_of(self._keep)
             if row is not None:
                 self._keep = None
                 self.view.setCurrentIndex(self.model.index(row))
                 self.view.scrollTo(self.model.index(row))
+        self._show_count()
+
+    def _on_ids_finished(self, generation: int, chunk: IdChunk) -> None:
+        if generation != self._generation:
+            return
+        self._cursor = chunk.cursor
+        self.model.append_ids(chunk.ids, at_end=chunk.cursor is None)
+        if chunk.cursor is not None:
+            self._fetch_ids()
         self._show_count()
 
     def _on_reread_finished(self, generation: int, page: int, rows: list[BrowserRow]) -> None:
@@ -251,6 +259,7 @@ class LibraryBrowser(QWidget):
     def _on_count_finished(self, generation: int, count: int) -> None:
         if generation == self._generation:
             self._count = count
+            self.model.set_total(count)
             self._show_count()
 
     def _show_count(self) -> None:
