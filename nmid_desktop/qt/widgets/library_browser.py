@@ -173,6 +173,7 @@ class LibraryBrowser(QWidget):
             needs_review=self.review_check.isChecked(),
             order=self.order_combo.currentData() or "id",
             local_predictor=self.ctx.settings.local_predictor,
+            search=self.search_edit.text(),
         )
 
     def refresh(self) -> JobHandle:
