@@ -36,6 +36,12 @@ ImageIdRole = Qt.ItemDataRole.UserRole + 1
 LabelRole = Qt.ItemDataRole.UserRole + 2
 
 
+_LIBRARY_ROLES = frozenset({
+    Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole, Qt.ItemDataRole.ToolTipRole,
+    Qt.ItemDataRole.ForegroundRole, Qt.ItemDataRole.SizeHintRole, ImageIdRole, LabelRole,
+})
+
+
 class LibraryModel(QAbstractListModel):
     """Rows of library images, fetched page by page, with lazily loaded thumbnails.
 
@@ -69,6 +75,7 @@ class LibraryModel(QAbstractListModel):
         self._want: set[int] = set()
         self._pinned = False
         self._total = 0
+        self._n = 0  # rows the view sees: changed only between begin/end calls
         self._at_end = True
         self._fetching = False
         self.page_size = page_size
@@ -108,6 +115,7 @@ class LibraryModel(QAbstractListModel):
         self._at_end = at_end
         self._fetching = False
         self._total = 0
+        self._n = 0
         self._pending.clear()
         self._requested.clear()
         self._requests.clear()
@@ -126,6 +134,7 @@ class LibraryModel(QAbstractListModel):
         self._pinned = True
         self._add_rows(list(rows))
         self._total = len(self._ids)
+        self._n = self._total
         self.endResetModel()
 
     def _add_rows(self, rows: list[BrowserRow]) -> None:
@@ -174,10 +183,11 @@ class LibraryModel(QAbstractListModel):
         page by page, matters: a view lays out every row again whenever rows are inserted.
         """
         if total > self._total:
-            old = self.rowCount()
+            old = self._n
             self._total = total
             if total > old:
                 self.beginInsertRows(QModelIndex(), old, total - 1)
+                self._n = total
                 self.endInsertRows()
 
     def _grow(self, first: int, at_end: bool) -> None:
@@ -186,11 +196,13 @@ class LibraryModel(QAbstractListModel):
         if len(self._ids) > shown:
             self.beginInsertRows(QModelIndex(), shown, len(self._ids) - 1)
             self._total = len(self._ids) if at_end else self._total
+            self._n = len(self._ids)
             self.endInsertRows()
         elif at_end and len(self._ids) < shown:
             # Fewer rows than counted (images deleted meanwhile): drop the rest.
             self.beginRemoveRows(QModelIndex(), len(self._ids), shown - 1)
             self._total = len(self._ids)
+            self._n = self._total
             self.endRemoveRows()
         if first < len(self._ids) and first < shown:
             self.dataChanged.emit(self.index(first), self.index(min(len(self._ids), shown) - 1))
@@ -229,7 +241,7 @@ class LibraryModel(QAbstractListModel):
         for page in sorted(self._want - self._asked - set(self._pages)):
             first = page * self.page_size
             ids = self._ids[first:first + self.page_size].tolist()
-            if len(ids) < min(self.page_size, self.rowCount() - first):
+            if len(ids) < min(self.page_size, self._n - first):
                 waiting.add(page)  # its ids are on their way (append_ids asks again)
             elif ids:
                 self._asked.add(page)
@@ -285,16 +297,19 @@ class LibraryModel(QAbstractListModel):
         self.dataChanged.emit(model_index, model_index)
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
-        return 0 if parent.isValid() else max(self._total, len(self._ids))
+        return 0 if parent.isValid() else self._n
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < self.rowCount():
+        if role not in _LIBRARY_ROLES:  # font, alignment, background, check state: the view's defaults
+            return None
+        row_index = index.row()
+        if not 0 <= row_index < self._n or not index.isValid():
             return None
         if role == Qt.ItemDataRole.SizeHintRole:
             return QSize(self.thumb_size + 16, self.thumb_size + 30)
         if role == ImageIdRole:
-            return self._ids[index.row()] if index.row() < len(self._ids) else None
-        row = self._row(index.row())
+            return self._ids[row_index] if row_index < len(self._ids) else None
+        row = self._row(row_index)
         if row is None:  # its page is on its way
             if role == Qt.ItemDataRole.DisplayRole:
                 return "…"
