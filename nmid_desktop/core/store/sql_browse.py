@@ -75,13 +75,13 @@ class BrowseItem:
 BrowseCursor = tuple[int, int, float, float, int]
 
 
-def ranking_key(ranking: Sequence[Sequence[Any]]) -> tuple[str, float, float] | None:
+def ranking_key(ranking: Sequence[Sequence[object]]) -> tuple[str, float, float] | None:
     """``(top1, margin, -entropy)`` of a stored ranking, as ``predict.ranking.Ranking`` computes them.
 
     The same float operations in the same order, so the store's order and
     ``uncertainty_order`` agree to the last bit. None for an empty ranking.
     """
-    items = [(str(c), float(p)) for c, p in ranking]
+    items = [(str(c), float(p)) for c, p in ranking]  # type: ignore[arg-type]  # JSON pairs
     if not items:
         return None
     margin = items[0][1] - (items[1][1] if len(items) > 1 else 0.0)
