@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000, help="image rows in the library")
     parser.add_argument("--order", default="id", choices=("id", "uncertain", "disagree"), help="the browser's order")
+    parser.add_argument("--library", default="", help="a library folder to keep between runs (filled when empty)")
     parser.add_argument("--pg", default="", help="an empty PostgreSQL database URL instead of SQLite")
     parser.add_argument("--page-size", type=int, default=200, help="rows per page")
     parser.add_argument("--steps", type=int, default=400, help="scroll steps from the first row to the last")
@@ -121,11 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         from nmid_desktop.qt.workers import JobManager
         from nmid_desktop.workspace.display import ThumbnailCache
 
-        library: Path | str = args.pg or base / "library"
+        library: Path | str = args.pg or (Path(args.library) if args.library else base / "library")
         started = time.perf_counter()
         with open_library(library, shared_folder=base / "shared") if args.pg else open_library(library) as store:
-            fill(store, args.n)
-            print(f"filled {args.n:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+            have = store.count_images()
+            if have == 0:
+                fill(store, args.n)
+                print(f"filled {args.n:,} rows in {time.perf_counter() - started:.1f} s", flush=True)
+            else:
+                print(f"the library has {have:,} rows already", flush=True)
             if isinstance(store, SqlStore) and args.order != "id":
                 t = time.perf_counter()
                 read = store.refresh_queue_keys()

@@ -50,7 +50,7 @@ class LibraryModel(QAbstractListModel):
     (:meth:`set_total`: the view lays out every row once, placeholders included), then
     the ids of the rest in big chunks (:meth:`append_ids`, 8 bytes a row: a million rows
     are 8 MB). Full rows are kept only for the pages painted lately; a page painted
-    without its rows is asked for by its ids (:attr:`page_requested`, answered with
+    without its rows is asked for by its ids (:attr:`pages_requested`, answered with
     :meth:`fill_page`) and shows placeholders until it arrives. :meth:`set_rows` gives
     the model every row at once and keeps them all (small lists, tests).
 
@@ -63,7 +63,7 @@ class LibraryModel(QAbstractListModel):
     """
 
     thumbnails_requested = Signal(int)  # how many were queued (for tests and the benchmark)
-    page_requested = Signal(int, object)  # page index, its image ids: a page to read again
+    pages_requested = Signal(object)  # [(page index, its image ids), ...]: pages painted without rows
 
     def __init__(self, requests: ThumbnailQueue, thumb_size: int = 112, cache_items: int = 1500,
                  parent: QObject | None = None, *, page_size: int = 200, cached_pages: int = 100) -> None:
@@ -238,6 +238,7 @@ class LibraryModel(QAbstractListModel):
 
     def _ask_pages(self) -> None:
         waiting: set[int] = set()
+        batch: list[tuple[int, list[int]]] = []
         for page in sorted(self._want - self._asked - set(self._pages)):
             first = page * self.page_size
             ids = self._ids[first:first + self.page_size].tolist()
@@ -245,8 +246,16 @@ class LibraryModel(QAbstractListModel):
                 waiting.add(page)  # its ids are on their way (append_ids asks again)
             elif ids:
                 self._asked.add(page)
-                self.page_requested.emit(page, ids)
+                batch.append((page, ids))
         self._want = waiting
+        if batch:
+            # One request for every page painted since the last: the browser reads them in one
+            # job, which supersedes a batch still queued for pages scrolled past.
+            self.pages_requested.emit(batch)
+
+    def unask(self, pages: Sequence[int]) -> None:
+        """These pages' request was dropped: the next paint asks for them again."""
+        self._asked.difference_update(pages)
 
     def _row(self, row: int) -> BrowserRow | None:
         page, offset = divmod(row, self.page_size)

@@ -60,7 +60,7 @@ class LibraryBrowser(QWidget):
         self.ctx = ctx
         self.requests = ThumbnailQueue()
         self.model = LibraryModel(self.requests, parent=self, page_size=page_size)
-        self.model.page_requested.connect(self._on_model_page_requested)
+        self.model.pages_requested.connect(self._on_model_pages_requested)
         self._loader: JobHandle | None = None
         self._query_handle: JobHandle | None = None
         self._query = BrowserQuery()
@@ -68,6 +68,8 @@ class LibraryBrowser(QWidget):
         self._generation = 0
         self._count: int | None = None
         self._keep: int | None = None
+        self._pages_handle: JobHandle | None = None
+        self._pages_in_flight: list[int] = []
         self._dirty = True
 
         self.class_combo = QComboBox(self)
@@ -219,12 +221,19 @@ class LibraryBrowser(QWidget):
         handle.finished.connect(lambda chunk, g=generation: self._on_ids_finished(g, chunk))
         handle.failed.connect(self._on_query_failed)
 
-    def _on_model_page_requested(self, page: int, ids: list[int]) -> None:
+    def _on_model_pages_requested(self, batch: list[tuple[int, list[int]]]) -> None:
         query, generation = self._query, self._generation
+        ids = [image_id for _, page_ids in batch for image_id in page_ids]
+        pages = [page for page, _ in batch]
+        if self._pages_handle is not None and self._pages_handle.running:
+            # Superseded below: its pages (scrolled past, or asked again in this batch) are free again.
+            old = self._pages_handle
+            old.cancelled.connect(lambda p=self._pages_in_flight: self.model.unask(p))
         handle = self.ctx.jobs.start(
-            f"browser-page-{page}", lambda store, token: fetch_ids(store, query, ids), lane=BROWSER_LANE
+            "browser-pages", lambda store, token: fetch_ids(store, query, ids), lane=BROWSER_LANE
         )
-        handle.finished.connect(lambda rows, g=generation, p=page: self._on_reread_finished(g, p, rows))
+        handle.finished.connect(lambda rows, g=generation, b=batch: self._on_pages_finished(g, b, rows))
+        self._pages_handle, self._pages_in_flight = handle, pages
 
     def _on_query_failed(self, message: str) -> None:
         self.count_label.setText(f"Error: {message}")
@@ -253,9 +262,11 @@ class LibraryBrowser(QWidget):
             self._fetch_ids()
         self._show_count()
 
-    def _on_reread_finished(self, generation: int, page: int, rows: list[BrowserRow]) -> None:
-        if generation == self._generation:
-            self.model.fill_page(page, rows)
+    def _on_pages_finished(self, generation: int, batch: list[tuple[int, list[int]]], rows: list[BrowserRow]) -> None:
+        if generation != self._generation:
+            return
+        for page, _ in batch:
+            self.model.fill_page(page, rows)  # each page takes its own rows by id
 
     def _on_count_finished(self, generation: int, count: int) -> None:
         if generation == self._generation:
