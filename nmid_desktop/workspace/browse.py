@@ -1,4 +1,12 @@
-"""The library browser's rows: filters, review-queue orders, paging (a job, without Qt)."""
+"""The library browser's rows: filters, review-queue orders, keyset pages from the store (without Qt).
+
+The window pages: :func:`fetch_page` reads one page after a cursor (the store answers the
+filters and the order with an index, see ``core/store/sql_browse.py``), :func:`fetch_ids`
+reads a page again by its ids (the window keeps only ids for rows scrolled away), and
+:func:`count_rows` counts. :func:`fetch_rows` (every row at once) and :func:`review_queue`
+(the queue ordered in Python) remain for small lists and as the reference the store's
+order is tested against.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,11 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmid_desktop.core.jobs import CancelToken, Progress
+from nmid_desktop.core.errors import LibraryError
+from nmid_desktop.core.jobs import CancelToken, Progress, ensure_worker_thread
 from nmid_desktop.core.store import ImageFilter, ImageRecord, Store
+from nmid_desktop.core.store.sql import SqlStore
+from nmid_desktop.core.store.sql_browse import BrowseCursor, BrowseFilter, BrowseItem
 
 ORDERS = {
     "id": "Library order",
@@ -63,6 +74,73 @@ class BrowserQuery:
     needs_review: bool = False
     order: str = "id"
     local_predictor: str = "knn"
+    search: str = ""
+
+    def browse_filter(self) -> BrowseFilter:
+        """The store's filter for this query."""
+        return BrowseFilter(self.label, self.source, self.unlabelled, self.needs_review, self.search)
+
+
+@dataclass(frozen=True)
+class BrowserPage:
+    """One page of rows and where the next one starts (None: this was the last)."""
+
+    rows: list[BrowserRow]
+    cursor: BrowseCursor | None
+
+
+def _browsable(store: Store) -> SqlStore:
+    if not isinstance(store, SqlStore):
+        raise LibraryError(f"the library {store.location} cannot be browsed page by page")
+    return store
+
+
+def _item_row(item: BrowseItem, order: str) -> BrowserRow:
+    note = ""
+    if order != "id" and item.top1 is not None and item.margin is not None:
+        note = f"local: {item.top1} (margin {item.margin:.2f})"
+        if order == "disagree" and item.model_label:
+            note += f"; model: {item.model_label}" if item.model_label != item.top1 else "; model agrees"
+    return _row(item.record, note)
+
+
+def fetch_page(store: Store, query: BrowserQuery, after: BrowseCursor | None = None, limit: int = 500) -> BrowserPage:
+    """One page of the browser's rows after ``after`` (in a worker: the store answers it)."""
+    ensure_worker_thread("reading a library page")
+    items, cursor = _browsable(store).browse_page(
+        query.browse_filter(), order=query.order, local_predictor=query.local_predictor, after=after, limit=limit
+    )
+    return BrowserPage([_item_row(item, query.order) for item in items], cursor)
+
+
+@dataclass(frozen=True)
+class IdChunk:
+    """The image ids of the next rows and where the chunk after starts (None: this was the last)."""
+
+    ids: list[int]
+    cursor: BrowseCursor | None
+
+
+def fetch_id_chunk(store: Store, query: BrowserQuery, after: BrowseCursor | None, limit: int = 20_000) -> IdChunk:
+    """The ids of the next ``limit`` rows of the query after ``after`` (no rows: cheap, 8 bytes a row)."""
+    ensure_worker_thread("listing library ids")
+    ids, cursor = _browsable(store).browse_ids(
+        query.browse_filter(), order=query.order, local_predictor=query.local_predictor, after=after, limit=limit
+    )
+    return IdChunk(ids, cursor)
+
+
+def fetch_ids(store: Store, query: BrowserQuery, ids: list[int]) -> list[BrowserRow]:
+    """The rows of these images in the order given, with the query's notes (a page read again)."""
+    ensure_worker_thread("reading a library page")
+    items = _browsable(store).browse_items(ids, order=query.order, local_predictor=query.local_predictor)
+    return [_item_row(item, query.order) for item in items]
+
+
+def count_rows(store: Store, query: BrowserQuery) -> int:
+    """How many rows the query lists (a review queue: the undecided images)."""
+    ensure_worker_thread("counting library rows")
+    return _browsable(store).browse_count(query.browse_filter(), order=query.order)
 
 
 def _row(record: ImageRecord, note: str = "") -> BrowserRow:

@@ -18,7 +18,7 @@ def test_new_library_is_wal_with_schema_version(tmp_path: Path) -> None:
     assert (tmp_path / "new" / "lib" / DB_NAME).is_file()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4  # 3: class keys, 4: browser queue keys
     assert store.labels_version() == 0
     store.close()
     with pytest.raises(LibraryError, match="closed"):

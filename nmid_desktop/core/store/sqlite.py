@@ -192,6 +192,33 @@ MIGRATIONS: list[list[str]] = [
            WHERE (SELECT COUNT(*) FROM classes c2 WHERE c2.name < classes.name) < 9""",
         "CREATE UNIQUE INDEX classes_key ON classes(key)",
     ],
+    # v4: the library browser at a million rows (sql_browse.py): the review queue's keys per local
+    # predictor (margin, -entropy of its latest prediction, the latest model answer's agreement),
+    # kept from the predictions table so an index gives the queue's order; the catch-up mark.
+    [
+        """CREATE TABLE queue_keys (
+            choice TEXT NOT NULL,
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            own INTEGER NOT NULL,
+            prediction_id INTEGER NOT NULL,
+            top1 TEXT,
+            margin REAL,
+            neg_entropy REAL,
+            agree_rank INTEGER NOT NULL DEFAULT 1,
+            PRIMARY KEY (choice, image_id)
+        )""",
+        "CREATE INDEX queue_keys_uncertain ON queue_keys(choice, margin, neg_entropy, image_id)",
+        "CREATE INDEX queue_keys_disagree ON queue_keys(choice, agree_rank, margin, neg_entropy, image_id)",
+        "CREATE INDEX queue_keys_image ON queue_keys(image_id)",
+        """CREATE TABLE queue_model (
+            image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+            prediction_id INTEGER NOT NULL,
+            label TEXT,
+            valid INTEGER NOT NULL
+        )""",
+        "CREATE TABLE queue_state (upto INTEGER NOT NULL)",
+        "INSERT INTO queue_state (upto) VALUES (0)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

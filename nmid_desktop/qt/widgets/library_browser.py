@@ -1,4 +1,10 @@
-"""The library browser: a lazy thumbnail grid with filters and review queues."""
+"""The library browser: a lazy thumbnail grid with filters and review queues, paged from the store.
+
+The store answers the filters and orders one page at a time (keyset pages,
+workspace/browse.py); every read runs on the browser's worker lane, so the GUI thread
+never waits on the store. The model asks for the next page when the view scrolls to
+the end, and again for a page scrolled back to after it was dropped from memory.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListView,
     QPushButton,
     QVBoxLayout,
@@ -23,24 +30,46 @@ from nmid_desktop.core.store import Store, open_library
 from nmid_desktop.qt.context import AppContext
 from nmid_desktop.qt.imaging import class_color
 from nmid_desktop.qt.models import ImageIdRole, LibraryModel
-from nmid_desktop.qt.workers import JobHandle, freeze_heap
-from nmid_desktop.workspace.browse import ORDERS, SOURCES, BrowserQuery, BrowserRow, fetch_rows
+from nmid_desktop.qt.workers import JobHandle
+from nmid_desktop.workspace.browse import (
+    ORDERS,
+    SOURCES,
+    BrowserPage,
+    BrowserQuery,
+    BrowserRow,
+    IdChunk,
+    count_rows,
+    fetch_id_chunk,
+    fetch_ids,
+    fetch_page,
+)
 from nmid_desktop.workspace.display import ThumbnailQueue, thumbnail_loader
 
 log = logging.getLogger(__name__)
 
 BROWSER_LANE = "browser"
+ID_CHUNK = 20_000  # ids listed per store call after the first page
+
+
 class LibraryBrowser(QWidget):
     """Filters, a count, and the thumbnail grid. Double-click opens an image for labelling."""
 
-    def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
+    def __init__(self, ctx: AppContext, parent: QWidget | None = None, *, page_size: int = 200) -> None:
         super().__init__(parent)
         self.setObjectName("libraryBrowser")
         self.ctx = ctx
         self.requests = ThumbnailQueue()
-        self.model = LibraryModel(self.requests, parent=self)
+        self.model = LibraryModel(self.requests, parent=self, page_size=page_size)
+        self.model.pages_requested.connect(self._on_model_pages_requested)
         self._loader: JobHandle | None = None
         self._query_handle: JobHandle | None = None
+        self._query = BrowserQuery()
+        self._cursor: tuple[int, int, float, float, int] | None = None
+        self._generation = 0
+        self._count: int | None = None
+        self._keep: int | None = None
+        self._pages_handle: JobHandle | None = None
+        self._pages_in_flight: list[int] = []
         self._dirty = True
 
         self.class_combo = QComboBox(self)
@@ -49,6 +78,9 @@ class LibraryBrowser(QWidget):
         self.source_combo.addItem("Any source", None)
         for source in SOURCES:
             self.source_combo.addItem(source, source)
+        self.search_edit = QLineEdit(self)
+        self.search_edit.setPlaceholderText("File name contains…")
+        self.search_edit.setClearButtonEnabled(True)
         self.unlabelled_check = QCheckBox("Unlabelled", self)
         self.review_check = QCheckBox("Needs review", self)
         self.order_combo = QComboBox(self)
@@ -58,7 +90,7 @@ class LibraryBrowser(QWidget):
         self.count_label = QLabel("", self)
         self.count_label.setObjectName("dimLabel")
         bar = QHBoxLayout()
-        for widget in (self.class_combo, self.source_combo, self.unlabelled_check, self.review_check, self.order_combo):
+        for widget in (self.class_combo, self.source_combo, self.search_edit, self.unlabelled_check, self.review_check, self.order_combo):
             bar.addWidget(widget)
         bar.addStretch(1)
         bar.addWidget(self.count_label)
@@ -100,6 +132,7 @@ class LibraryBrowser(QWidget):
             combo.currentIndexChanged.connect(self._on_filter_changed)
         for check in (self.unlabelled_check, self.review_check):
             check.toggled.connect(self._on_filter_changed)
+        self.search_edit.textChanged.connect(self._on_filter_changed)
         self.refresh_button.clicked.connect(self.refresh)
         ctx.labels_changed.connect(self._on_ctx_labels_changed)
         ctx.status_changed.connect(self._on_ctx_status_changed)
@@ -142,34 +175,111 @@ class LibraryBrowser(QWidget):
             needs_review=self.review_check.isChecked(),
             order=self.order_combo.currentData() or "id",
             local_predictor=self.ctx.settings.local_predictor,
+            search=self.search_edit.text(),
         )
 
     def refresh(self) -> JobHandle:
-        """Fetch the rows for the current filters (in the browser's worker)."""
+        """List the rows for the current filters again, from the first page (in the browser's worker).
+
+        Returns:
+            The job that reads the first page.
+        """
         self._dirty = False
-        query = self.current_query()
+        current = self.view.currentIndex()
+        self._keep = int(current.data(ImageIdRole)) if current.isValid() else None
+        self._query = self.current_query()
+        self._generation += 1
+        self._cursor = None
+        self._count = None
         self._ensure_loader()
         self.count_label.setText("Loading…")
-        handle = self.ctx.jobs.start("browser-query", lambda store, token: fetch_rows(store, query, token), lane=BROWSER_LANE)
-        handle.finished.connect(self._on_query_finished)
-        handle.failed.connect(lambda msg: self.count_label.setText(f"Error: {msg}"))
+        self.model.reset()
+        handle = self._fetch_next()
+        query, generation = self._query, self._generation
+        counter = self.ctx.jobs.start("browser-count", lambda store, token: count_rows(store, query), lane=BROWSER_LANE)
+        counter.finished.connect(lambda n, g=generation: self._on_count_finished(g, n))
+        counter.failed.connect(self._on_query_failed)
+        return handle
+
+    def _fetch_next(self) -> JobHandle:
+        query, generation = self._query, self._generation
+        size = self.model.page_size
+        self.model.start_fetching()
+        handle = self.ctx.jobs.start(
+            "browser-query", lambda store, token: fetch_page(store, query, None, size), lane=BROWSER_LANE
+        )
+        handle.finished.connect(lambda page, g=generation: self._on_page_finished(g, page))
+        handle.failed.connect(self._on_query_failed)
         self._query_handle = handle
         return handle
 
-    def _on_query_finished(self, rows: list[BrowserRow]) -> None:
-        current = self.view.currentIndex()
-        keep = self.model.row_data(current.row()).image_id if current.isValid() else None
-        self.model.set_rows(rows)
-        if len(rows) > 5000:
-            freeze_heap()  # thousands of long-lived rows: keep full GC passes short
-        query = self.current_query()
-        what = "images" if query.order == "id" else "images to review"
-        self.count_label.setText(f"{len(rows):,} {what}")
-        if keep is not None:
-            row = self.model.row_of(keep)
+    def _fetch_ids(self) -> None:
+        query, cursor, generation = self._query, self._cursor, self._generation
+        handle = self.ctx.jobs.start(
+            "browser-ids", lambda store, token: fetch_id_chunk(store, query, cursor, ID_CHUNK), lane=BROWSER_LANE
+        )
+        handle.finished.connect(lambda chunk, g=generation: self._on_ids_finished(g, chunk))
+        handle.failed.connect(self._on_query_failed)
+
+    def _on_model_pages_requested(self, batch: list[tuple[int, list[int]]]) -> None:
+        query, generation = self._query, self._generation
+        ids = [image_id for _, page_ids in batch for image_id in page_ids]
+        pages = [page for page, _ in batch]
+        if self._pages_handle is not None and self._pages_handle.running:
+            # Superseded below: its pages (scrolled past, or asked again in this batch) are free again.
+            old = self._pages_handle
+            old.cancelled.connect(lambda p=self._pages_in_flight: self.model.unask(p))
+        handle = self.ctx.jobs.start(
+            "browser-pages", lambda store, token: fetch_ids(store, query, ids), lane=BROWSER_LANE
+        )
+        handle.finished.connect(lambda rows, g=generation, b=batch: self._on_pages_finished(g, b, rows))
+        self._pages_handle, self._pages_in_flight = handle, pages
+
+    def _on_query_failed(self, message: str) -> None:
+        self.count_label.setText(f"Error: {message}")
+
+    def _on_page_finished(self, generation: int, page: BrowserPage) -> None:
+        if generation != self._generation:
+            return  # an older query's page
+        self._cursor = page.cursor
+        self.model.append_page(page.rows, at_end=page.cursor is None)
+        if page.cursor is not None:
+            self._fetch_ids()
+        if self._keep is not None:
+            row = self.model.row_of(self._keep)
             if row is not None:
+                self._keep = None
                 self.view.setCurrentIndex(self.model.index(row))
                 self.view.scrollTo(self.model.index(row))
+        self._show_count()
+
+    def _on_ids_finished(self, generation: int, chunk: IdChunk) -> None:
+        if generation != self._generation:
+            return
+        self._cursor = chunk.cursor
+        self.model.append_ids(chunk.ids, at_end=chunk.cursor is None)
+        if chunk.cursor is not None:
+            self._fetch_ids()
+        self._show_count()
+
+    def _on_pages_finished(self, generation: int, batch: list[tuple[int, list[int]]], rows: list[BrowserRow]) -> None:
+        if generation != self._generation:
+            return
+        for page, _ in batch:
+            self.model.fill_page(page, rows)  # each page takes its own rows by id
+
+    def _on_count_finished(self, generation: int, count: int) -> None:
+        if generation == self._generation:
+            self._count = count
+            self.model.set_total(count)
+            self._show_count()
+
+    def _show_count(self) -> None:
+        what = "images" if self._query.order == "id" else "images to review"
+        if self._count is not None:
+            self.count_label.setText(f"{self._count:,} {what}")
+        elif self.model.complete:
+            self.count_label.setText(f"{self.model.rowCount():,} {what}")
 
     def _on_loader_progress(self, progress) -> None:  # noqa: ANN001
         if progress.data:
@@ -193,7 +303,8 @@ class LibraryBrowser(QWidget):
         self.model.colors = {name: class_color(name, status.class_names, color) for name, color in self.ctx.class_colors.items()}
 
     def _on_ctx_library_changed(self, library: Path) -> None:
-        self.model.set_rows([])
+        self._generation += 1
+        self.model.reset()
         self._start_lane()
         self._dirty = True
         if self.isVisible():
@@ -225,8 +336,7 @@ class LibraryBrowser(QWidget):
             self._last_open = (int(image_id), now)
             # The list as shown is the queue: Enter or a digit on the Classify page decides
             # and moves to the next image in this order (a review queue is worked this way).
-            ids = [row.image_id for row in self.model.rows()]
-            self.ctx.open_queue_requested.emit(ids, int(image_id))
+            self.ctx.open_queue_requested.emit(self.model.ids(), int(image_id))
 
     def selected_ids(self) -> list[int]:
         """Ids of the selected images, in view order."""
