@@ -50,7 +50,20 @@ def wait_shown(qtbot, window, name: str | None = None) -> None:  # noqa: ANN001
             return False
         return name is None or result.record.original_name == name
 
-    qtbot.waitUntil(shown, timeout=TIMEOUT_MS)
+    try:
+        qtbot.waitUntil(shown, timeout=TIMEOUT_MS)
+    except Exception as exc:  # a hang: say what the window was doing, and where every thread was
+        import faulthandler
+        import sys
+
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        jobs = {kind: handle.outcome or "running" for kind, handle in getattr(window.jobs, "_latest", {}).items()}
+        current = window.current
+        raise AssertionError(
+            f"{name or 'the image'} was not shown: current_id={window.current_id}, "
+            f"current={None if current is None else (current.image_id, current.record.original_name)}, "
+            f"queue={getattr(window, 'queue', None)}, position={getattr(window, 'position', None)}, jobs={jobs}"
+        ) from exc
 
 
 def record(library: Path, image_id: int) -> ImageRecord:
