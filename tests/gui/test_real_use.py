@@ -77,7 +77,7 @@ def test_pending_labels_are_not_demonstrations(make_window, library: Path, query
     pending_id = window.current_id
     with open_library(library, create=False) as store:  # what a batch writes: a local guess, pending
         store.set_label(pending_id, "particles", source="local", review="pending", confidence=0.9)
-    qtbot.keyClick(window, Qt.Key.Key_PageDown)
+    qtbot.mouseClick(window.page.next_button, Qt.MouseButton.LeftButton)
     wait_shown(qtbot, window, second.name)
     assert pending_id not in [t.image_id for t in window.current.tiles]
     assert all(record(library, t.image_id).review == "accepted" for t in window.current.tiles)
@@ -85,9 +85,9 @@ def test_pending_labels_are_not_demonstrations(make_window, library: Path, query
     # Accepted, it teaches the very next query.
     with open_library(library, create=False) as store:
         store.set_review(pending_id, "accepted")
-    qtbot.keyClick(window, Qt.Key.Key_PageUp)
+    qtbot.mouseClick(window.page.prev_button, Qt.MouseButton.LeftButton)
     wait_shown(qtbot, window, first.name)
-    qtbot.keyClick(window, Qt.Key.Key_PageDown)
+    qtbot.mouseClick(window.page.next_button, Qt.MouseButton.LeftButton)
     wait_shown(qtbot, window, second.name)
     assert pending_id in [t.image_id for t in window.current.tiles]
 
