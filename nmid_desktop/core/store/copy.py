@@ -132,8 +132,8 @@ def copy_library(source: Store, target: Store) -> Generator[Progress, None, Copy
                     "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (key, value),
                 )
-        reset = getattr(dst, "reset_identities", None)
-        if reset is not None:
-            reset()
+        loaded = getattr(dst, "after_bulk_load", None)
+        if loaded is not None:
+            loaded()
         dst._q("DELETE FROM meta WHERE key = 'copy_state'")
     return CopyReport(totals, files_copied, files_present, referenced)
