@@ -410,6 +410,43 @@ def test_predictions_descriptions_and_usage(store: Store, src: Path) -> None:
     assert store.total_cost() == pytest.approx(0.75)
 
 
+def test_query_start_reads_what_four_calls_read(store: Store, src: Path) -> None:
+    a, b = _add(store, src, 2)
+    store.set_label(a, "pores", source="expert")
+    vector = np.arange(8, dtype=np.float32) / 10
+    store.put_embeddings("enc@1", [a], vector[None, :])
+    store.add_prediction(PredictionRecord(a, "lmm", "pores", [("pores", 0.8)], 0.8, model="m", rationale="old"))
+    newest = store.add_prediction(PredictionRecord(a, "lmm", "fibres", [("fibres", 0.7)], 0.7, model="m"))
+    store.add_prediction(PredictionRecord(a, "knn", "pores", [("pores", 1.0)], 1.0))  # another predictor: not it
+
+    start = store.query_start(a, "enc@1")
+    assert start.record == store.get_image(a) and start.labels_version == store.labels_version()
+    assert start.embedding is not None and start.embedding.dtype == np.float32
+    np.testing.assert_array_equal(start.embedding, store.get_embeddings("enc@1", [a])[1][0])
+    assert start.answer is not None and (start.answer.id, start.answer.label) == (newest, "fibres")
+
+    other = store.query_start(b, "enc@2")  # no embedding of that encoder, never asked the model
+    assert other.record.id == b and other.embedding is None and other.answer is None
+    assert store.query_start(a, None).embedding is None  # no encoder named: nothing read
+    with pytest.raises(LibraryError, match="no image"):
+        store.query_start(999, "enc@1")
+
+
+def test_query_finish_stores_the_prediction_and_reads_the_demonstrations(store: Store, src: Path) -> None:
+    a, b, c = _add(store, src, 3)
+    store.set_label(b, "pores", source="expert")
+    records = store.query_finish([c, 999, b], PredictionRecord(a, "knn", "pores", [("pores", 0.9)], 0.9, demo_ids=[c, b]))
+    assert [r.id for r in records] == [c, b] and records[1] == store.get_image(b)  # in order; unknown ids left out
+    (stored,) = store.predictions(a)
+    assert (stored.predictor, stored.label, stored.demo_ids) == ("knn", "pores", [c, b])
+    assert [r.id for r in store.query_finish([a], None)] == [a] and len(store.predictions(a)) == 1
+    with pytest.raises(LabelError, match="finite"):  # refused before anything is written
+        store.query_finish([b], PredictionRecord(a, "knn", "pores", [], float("nan")))
+    with pytest.raises(LibraryError, match="prediction"):  # an image not in the library
+        store.query_finish([b], PredictionRecord(999, "knn", "pores", [], None))
+    assert len(store.predictions(a)) == 1 and store.get_image(b).label == "pores"  # nothing half done
+
+
 def test_split_keeps_test_fixed_and_refuses_synthetic_test(store: Store, src: Path) -> None:
     a, b, c = _add(store, src, 3)
     store.set_split({a: "train", b: "test", c: "val"})

@@ -22,6 +22,7 @@ from nmid_desktop.core.store.base import (
     LabelChanges,
     LabelEvent,
     PredictionRecord,
+    QueryStart,
     Store,
 )
 from nmid_desktop.core.store.sqlite import DB_NAME, SCHEMA_VERSION, SqliteStore
@@ -41,6 +42,7 @@ __all__ = [
     "LabelChanges",
     "LabelEvent",
     "PredictionRecord",
+    "QueryStart",
     "SqliteStore",
     "Store",
     "open_library",

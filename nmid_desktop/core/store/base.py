@@ -1,7 +1,7 @@
 """The library store interface: every other module talks to a library through this.
 
-All SQL lives in the backends (``sqlite.py`` today; a PostgreSQL backend for a
-whole lab is planned and must only implement this class). Records are frozen
+All SQL lives in the backends (``sqlite.py`` for one person's folder, ``postgres.py``
+for a lab's shared library), which implement this class. Records are frozen
 dataclasses of plain values, safe to pass between threads.
 
 Vocabulary:
@@ -156,6 +156,27 @@ class LabelChanges:
     version: int
     images: list[ImageRecord]
     full: bool = False
+
+
+@dataclass(frozen=True)
+class QueryStart:
+    """What the window's query reads before it searches, read together.
+
+    On a shared library this is one round trip to the server instead of four.
+
+    Attributes:
+        record: The image's record.
+        embedding: Its cached embedding of the encoder asked for, shape (D,) float32; None when
+            there is none yet (or no encoder was named).
+        labels_version: ``labels_version()`` as read with the record.
+        answer: The image's newest prediction of the predictor asked for (the model's stored
+            answer), or None.
+    """
+
+    record: ImageRecord
+    embedding: np.ndarray | None
+    labels_version: int
+    answer: PredictionRecord | None
 
 
 @dataclass(frozen=True)
@@ -413,6 +434,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def predictions(self, image_id: int) -> list[PredictionRecord]:
         """An image's predictions, newest first."""
+
+    @abc.abstractmethod
+    def query_start(self, image_id: int, encoder_key: str | None, predictor: str = "lmm") -> QueryStart:
+        """An image's record, cached embedding, the labels version and its newest ``predictor`` answer.
+
+        The reads a query makes before its search, in one request where the backend can
+        (one round trip on PostgreSQL). ``encoder_key`` None reads no embedding.
+
+        Raises:
+            LibraryError: No image with that id.
+        """
+
+    @abc.abstractmethod
+    def query_finish(self, demo_ids: Sequence[int], prediction: PredictionRecord | None) -> list[ImageRecord]:
+        """Store a query's local prediction (when given) and read its demonstrations' records.
+
+        The writes and reads a query makes after its search, in one request where the backend
+        can. Records come in the order of ``demo_ids``; ids not in the library are left out.
+        """
 
     @abc.abstractmethod
     def latest_predictions(self, predictor: str) -> dict[int, PredictionRecord]:

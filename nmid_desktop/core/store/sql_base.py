@@ -107,6 +107,11 @@ class SqlBase(Store):
     def _integrity_error(self) -> type[Exception]:
         """The driver's exception for a violated constraint."""
 
+    def _insert_one(self, sql: str, params: Sequence[Any]) -> int:
+        """One INSERT that is a whole change on its own (all or nothing, never retried)."""
+        with self.transaction():
+            return self._insert(sql, params)
+
     def _bump(self) -> int:
         """Move the labels version on; returns the new value. Its row lock serialises label writers."""
         row = self._q(

@@ -14,8 +14,11 @@ from nmid_desktop.core.store.base import (
     SPLITS,
     DescriptionRecord,
     DescriptionRow,
+    ImageFilter,
+    ImageRecord,
     JsonValue,
     PredictionRecord,
+    QueryStart,
 )
 from nmid_desktop.core.store.sql_base import (
     SqlBase,
@@ -99,23 +102,64 @@ class RecordsMixin(SqlBase):
 
     # -- predictions, descriptions, usage -------------------------------------------------
     def add_prediction(self, prediction: PredictionRecord) -> int:
-        p = prediction
         try:
-            with self.transaction():
-                return self._insert(
-                    """INSERT INTO predictions (image_id, predictor, label, ranking, confidence, model,
-                       prompt_version, rationale, demo_ids, valid, reason, tokens_in, tokens_out, cost_usd, at)
-                       VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                    (
-                        int(p.image_id), p.predictor, p.label,
-                        json.dumps([[str(name), float(prob)] for name, prob in p.ranking]),
-                        _check_finite(p.confidence, "confidence"), p.model, p.prompt_version, p.rationale or "",
-                        json.dumps([int(i) for i in p.demo_ids]), int(bool(p.valid)), p.reason or "",
-                        int(p.tokens_in), int(p.tokens_out), float(p.cost_usd), p.at or _now(),
-                    ),
-                )
+            return self._insert_one(self._PREDICTION_INSERT, self._prediction_row(prediction))
         except self._integrity_error as exc:
-            raise LibraryError(f"cannot store a prediction for image {p.image_id}: {exc}") from exc
+            raise LibraryError(f"cannot store a prediction for image {prediction.image_id}: {exc}") from exc
+
+    _PREDICTION_INSERT = """INSERT INTO predictions (image_id, predictor, label, ranking, confidence, model,
+        prompt_version, rationale, demo_ids, valid, reason, tokens_in, tokens_out, cost_usd, at)
+        VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"""
+
+    @staticmethod
+    def _prediction_row(p: PredictionRecord) -> tuple[object, ...]:
+        return (
+            int(p.image_id), p.predictor, p.label,
+            json.dumps([[str(name), float(prob)] for name, prob in p.ranking]),
+            _check_finite(p.confidence, "confidence"), p.model, p.prompt_version, p.rationale or "",
+            json.dumps([int(i) for i in p.demo_ids]), int(bool(p.valid)), p.reason or "",
+            int(p.tokens_in), int(p.tokens_out), float(p.cost_usd), p.at or _now(),
+        )
+
+    def query_start(self, image_id: int, encoder_key: str | None, predictor: str = "lmm") -> QueryStart:
+        image_id = int(image_id)
+        # One statement (scalar subqueries work in both dialects): the record, its embedding,
+        # the labels version and the id of the newest answer, whose row is read only if there is one.
+        row = self._q(
+            """SELECT i.*, c.name AS label,
+                 (SELECT e.vector FROM embeddings e WHERE e.encoder_key = ? AND e.image_id = i.id) AS q_vector,
+                 (SELECT m.value FROM meta m WHERE m.key = 'labels_version') AS q_labels_version,
+                 (SELECT MAX(p.id) FROM predictions p WHERE p.image_id = i.id AND p.predictor = ?) AS q_answer
+               FROM images i LEFT JOIN classes c ON c.id = i.class_id WHERE i.id = ?""",
+            (encoder_key or "", predictor, image_id),
+        ).fetchone()
+        if row is None:
+            raise LibraryError(f"no image with id {image_id} in the library {self.root}")
+        blob = row["q_vector"] if encoder_key is not None else None
+        embedding = None
+        if blob is not None:
+            if len(blob) % 4 or not len(blob):
+                raise LibraryError(f"encoder {encoder_key!r} has a damaged embedding stored for image {image_id}; drop them")
+            embedding = np.frombuffer(bytes(blob), dtype="<f4").astype(np.float32)
+        answer = None
+        if row["q_answer"] is not None:
+            found = self._q("SELECT * FROM predictions WHERE id = ?", (int(row["q_answer"]),)).fetchone()
+            answer = None if found is None else self._prediction(found)
+        return QueryStart(
+            record=self._record(row), embedding=embedding,
+            labels_version=int(row["q_labels_version"]), answer=answer,
+        )
+
+    def query_finish(self, demo_ids: Sequence[int], prediction: PredictionRecord | None) -> list[ImageRecord]:
+        if prediction is not None:
+            self.add_prediction(prediction)
+        return self._demo_records(demo_ids)
+
+    def _demo_records(self, demo_ids: Sequence[int]) -> list[ImageRecord]:
+        if not demo_ids:
+            return []
+        by_id = {r.id: r for r in self.images(ImageFilter(ids=[int(i) for i in demo_ids]))}
+        return [by_id[int(i)] for i in demo_ids if int(i) in by_id]
 
     @staticmethod
     def _prediction(row: _DbRow) -> PredictionRecord:
