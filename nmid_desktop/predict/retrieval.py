@@ -122,6 +122,7 @@ def similar(
     pool: DemoPool,
     exclude_ids: Iterable[int] = (),
     rng: np.random.Generator | int | None = None,
+    details: bool = True,
 ) -> list[Demonstration]:
     """The demonstrations for one query.
 
@@ -135,6 +136,8 @@ def similar(
         pool: Current labels; results outside it are dropped.
         exclude_ids: Never return these (e.g. the query image itself when it is in the library).
         rng: Seed or generator for ``random`` (None: fresh entropy).
+        details: Look up the demonstrations' label source and synthetic flag. False: the
+            caller reads their records itself (the window, together with storing its prediction).
 
     Returns:
         Demonstrations, at most ``k``.
@@ -161,7 +164,7 @@ def similar(
         chosen = [int(i) for i in drawn]
         sims = searcher.similarity(query, chosen)
         picked = list(zip(chosen, sims.tolist(), strict=True))
-    info = pool.details([i for i, _ in picked]) if pool.details is not None else {}
+    info = pool.details([i for i, _ in picked]) if details and pool.details is not None else {}
     return [
         Demonstration(
             image_id=i,

@@ -19,10 +19,11 @@ Thread-safety (the window runs queries in worker threads while the user labels):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ class Classifier:
         self._failed: set[int] = set()  # labelled images whose files could not be embedded
         self._trust: tuple[tuple[Any, ...], TrustModel] | None = None
         self._trust_thread: threading.Thread | None = None
+        self._pinned = threading.local()  # version: the labels version of this thread's query (labels_at)
 
     # -- encoder and embeddings -----------------------------------------------------------
     @property
@@ -90,6 +92,27 @@ class Classifier:
                 name = self._encoder_name or resolve_encoder_name(self.store, self.settings)
                 self._encoder = load_encoder(name, library=self.store.root, engine=self.settings.engine)
             return self._encoder
+
+    @property
+    def loaded_encoder_key(self) -> str | None:
+        """The encoder's key when it is loaded already (None: it is not; nothing is loaded)."""
+        encoder = self._encoder
+        return None if encoder is None else encoder.key
+
+    @contextlib.contextmanager
+    def labels_at(self, version: int) -> Iterator[None]:
+        """Within the block, this thread takes ``version`` as the library's labels version.
+
+        One query reads the version once, with its image (``Store.query_start``), instead of
+        once for the search, once for the vote and once for the trust check: on a shared
+        library each read is a round trip. The pool is still re-read when it is older.
+        """
+        before = getattr(self._pinned, "version", None)
+        self._pinned.version = int(version)
+        try:
+            yield
+        finally:
+            self._pinned.version = before
 
     def _embed_ids(self, image_ids: Sequence[int]) -> Job[tuple[np.ndarray, np.ndarray]]:
         """Embeddings of library images, from the cache or computed (and cached)."""
@@ -308,7 +331,13 @@ class Classifier:
             searcher, pool = self._searcher, self._pool
         if searcher is None or pool is None:
             raise LibraryError("the classifier is not prepared")
-        if force or pool.version != self.store.labels_version():
+        pinned: int | None = getattr(self._pinned, "version", None)
+        if pinned is not None:
+            # The query's version: re-read only a pool older than it (versions only grow).
+            stale = pool.version is None or pool.version < pinned
+        else:
+            stale = pool.version != self.store.labels_version()
+        if force or stale:
             pool = DemoPool.from_store(self.store, include_pending=self.include_pending)
             searcher.set_allowed(pool.labels)
             missing = self._missing(searcher, pool)
@@ -329,6 +358,7 @@ class Classifier:
         exclude_ids: Iterable[int] = (),
         *,
         rng: np.random.Generator | int | None = None,
+        details: bool = True,
     ) -> list[Demonstration]:
         """The demonstrations for a query embedding.
 
@@ -338,6 +368,7 @@ class Classifier:
             strategy: ``similarity`` or ``random`` (default: settings' strategy).
             exclude_ids: Never return these (the query image itself when it is in the library).
             rng: Seed or generator for ``random``.
+            details: Read the demonstrations' records (False: the caller reads them).
         """
         k = int(k or self.settings.k)
         strategy = strategy or self.settings.strategy
@@ -345,7 +376,8 @@ class Classifier:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         self._ensure_ready()
         searcher, pool = self._refresh()
-        return similar(vector, k, strategy, searcher=searcher, pool=pool, exclude_ids=exclude_ids, rng=rng)
+        return similar(vector, k, strategy, searcher=searcher, pool=pool, exclude_ids=exclude_ids, rng=rng,
+                       details=details)
 
     def predict_local(
         self,

@@ -25,9 +25,10 @@ import numpy as np
 from nmid_desktop.core.config import Settings
 from nmid_desktop.core.errors import LabelConflict, LibraryError, LibraryUnavailable, NmidError, UndoConflict
 from nmid_desktop.core.jobs import CancelToken, Job, Progress
-from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, Store, open_library
+from nmid_desktop.core.store import ImageFilter, ImageRecord, LabelEvent, PredictionRecord, Store, open_library
 from nmid_desktop.inference.protocol import ImageEncoder
 from nmid_desktop.predict.novelty import Novelty
+from nmid_desktop.predict.ranking import Ranking
 from nmid_desktop.workspace.browse import BrowserRow
 from nmid_desktop.workspace.display import DemoTile, ImagePayload, ModelAnswer, ThumbnailCache, load_image
 
@@ -207,6 +208,7 @@ class Engine:
         self._lock = threading.Lock()
         self._classifier = self._new_classifier()
         self._records: OrderedDict[int, ImageRecord] = OrderedDict()  # the newest read of each, for browsing offline
+        self._changes = 0  # label changes this engine made or took (a query re-reads its record after one)
 
     def _new_classifier(self) -> Classifier:
         from nmid_desktop.predict.service import Classifier
@@ -372,72 +374,96 @@ class Engine:
             then plain progress between stages (each a cancel point).
         """
         settings = self.settings
+        classifier = self.classifier
+        with self._lock:
+            changes = self._changes
         try:
-            record = self.record(image_id)
+            # One read (one round trip on a shared library): record, cached embedding, labels
+            # version and the model's stored answer. The encoder is not loaded here for its key:
+            # the image is shown first, whatever the encoder is doing.
+            start = self.store.query_start(image_id, classifier.loaded_encoder_key)
         except LibraryUnavailable:
-            if fallback is None:
+            with self._lock:
+                kept = self._records.get(image_id)
+            shown = (kept.path, kept.page, kept.crop_box) if kept is not None else (
+                (fallback.path, fallback.page, fallback.crop_box) if fallback is not None else None
+            )
+            if shown is None:
                 raise
             yield Progress(1, 4, "the shared library is away", data=load_image(
-                fallback.path, fallback.page, fallback.crop_box if settings.crop_data_bar else None,
+                shown[0], shown[1], shown[2] if settings.crop_data_bar else None,
                 image_id=image_id, max_pixels=settings.max_pixels,
             ))
             raise
+        record = start.record
+        self._remember([record])
         payload: ImagePayload = load_image(
             record.path, record.page, record.crop_box if settings.crop_data_bar else None,
             image_id=image_id, max_pixels=settings.max_pixels,
         )
         yield Progress(1, 4, "embedding", data=payload)
-        classifier = self.classifier
         if not classifier.ready:
             # Preparing runs in another worker; the search below waits for it (the classifier's lock).
             yield Progress(1, 4, "waiting for the encoder and the index")
         timings: dict[str, float] = {}
-        start = time.perf_counter()
-        vector = classifier.embed_decoded(image_id, payload.model_view())
-        timings["embed"] = time.perf_counter() - start
+        start_t = time.perf_counter()
+        vector = (
+            np.asarray(start.embedding, dtype=np.float32) if start.embedding is not None
+            else classifier.embed_decoded(image_id, payload.model_view())
+        )
+        timings["embed"] = time.perf_counter() - start_t
         yield Progress(2, 4, "searching")
-        start = time.perf_counter()
-        demos = classifier.similar(vector, k=settings.k, strategy=settings.strategy, exclude_ids=(image_id,))
-        timings["search"] = time.perf_counter() - start
-        start = time.perf_counter()
-        ranking_items: tuple[tuple[str, float], ...] = ()
-        novelty: Novelty | None = None
-        trust_stale = False
-        if demos:
-            try:
-                # The similarity strategy's demonstrations are the kNN vote's: no second search.
-                reuse = demos if settings.strategy == "similarity" else None
-                # Calibrated, with the novelty score; never waits for a refit after a label change.
-                assessment = classifier.assess(vector, settings.local_predictor, exclude_ids=(image_id,),
-                                               wait=False, demonstrations=reuse)
-                ranking = assessment.ranking
-                novelty, trust_stale = assessment.novelty, assessment.stale
-            except NmidError as exc:
-                log.info("no local prediction for image %s: %s", image_id, exc)
-                ranking = None
-            if ranking is not None:
-                ranking_items = tuple((str(c), float(p)) for c, p in ranking.items)
-                self.store.add_prediction(ranking.to_prediction(image_id))
-        timings["predict"] = time.perf_counter() - start
+        with classifier.labels_at(start.labels_version):  # the version read with the record, read once
+            start_t = time.perf_counter()
+            # Their records are read with the prediction stored, below.
+            demos = classifier.similar(vector, k=settings.k, strategy=settings.strategy, exclude_ids=(image_id,),
+                                       details=False)
+            timings["search"] = time.perf_counter() - start_t
+            start_t = time.perf_counter()
+            ranking_items: tuple[tuple[str, float], ...] = ()
+            novelty: Novelty | None = None
+            trust_stale = False
+            ranking: Ranking | None = None
+            if demos:
+                try:
+                    # The similarity strategy's demonstrations are the kNN vote's: no second search.
+                    reuse = demos if settings.strategy == "similarity" else None
+                    # Calibrated, with the novelty score; never waits for a refit after a label change.
+                    assessment = classifier.assess(vector, settings.local_predictor, exclude_ids=(image_id,),
+                                                   wait=False, demonstrations=reuse)
+                    ranking = assessment.ranking
+                    novelty, trust_stale = assessment.novelty, assessment.stale
+                except NmidError as exc:
+                    log.info("no local prediction for image %s: %s", image_id, exc)
+                if ranking is not None:
+                    ranking_items = tuple((str(c), float(p)) for c, p in ranking.items)
+            # The local prediction stored and the demonstrations' records read: one request.
+            prediction = ranking.to_prediction(image_id) if ranking is not None else None
+            finished = self.store.query_finish([int(d.image_id) for d in demos], prediction) if demos else []
+            records = {r.id: r for r in finished}
+            timings["predict"] = time.perf_counter() - start_t
         yield Progress(3, 4, "thumbnails")
-        start = time.perf_counter()
-        tiles = tuple(self._tile(d) for d in demos)
-        timings["thumbnails"] = time.perf_counter() - start
+        start_t = time.perf_counter()
+        tiles = tuple(self._tile(d, records.get(int(d.image_id))) for d in demos)
+        timings["thumbnails"] = time.perf_counter() - start_t
+        with self._lock:
+            moved = self._changes != changes
         return QueryResult(
             image_id=image_id,
-            record=self.record(image_id),
+            # A label changed meanwhile (this window's key, a colleague's change taken): read it again.
+            record=self.record(image_id) if moved else record,
             tiles=tiles,
             ranking=ranking_items,
             predictor=settings.local_predictor,
             demo_ids=tuple(int(d.image_id) for d in demos),
             timings=timings,
-            stored_answer=stored_answer(self.store, image_id),
+            stored_answer=model_answer(start.answer),
             novelty=novelty,
             trust_stale=trust_stale,
         )
 
-    def _tile(self, demo: Any) -> DemoTile:
-        record = self.store.get_image(int(demo.image_id))
+    def _tile(self, demo: Any, record: ImageRecord | None = None) -> DemoTile:
+        record = record or self.store.get_image(int(demo.image_id))
         try:
             thumb: np.ndarray | None = self.thumbnails.get(
                 record.sha256, record.page, DEMO_THUMB_SIZE, record.path,
@@ -548,14 +574,15 @@ class Engine:
         return "Keys: " + ", ".join(f"{c.name!r} {c.key or 'none'}" for c in changed)
 
     def _notify(self, ids: list[int]) -> None:
+        with self._lock:
+            self._changes += 1
         classifier = self.classifier
         if classifier.ready:
             classifier.notify_labelled(ids)
 
 
-def stored_answer(store: Store, image_id: int) -> ModelAnswer | None:
-    """The model's newest stored answer for an image, as the card shows it (None when never asked)."""
-    latest = next((p for p in store.predictions(image_id) if p.predictor == "lmm"), None)
+def model_answer(latest: PredictionRecord | None) -> ModelAnswer | None:
+    """The model's stored answer for an image as the card shows it (None when never asked)."""
     if latest is None:
         return None
     return ModelAnswer(

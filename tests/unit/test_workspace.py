@@ -83,6 +83,56 @@ def test_engine_query_one_search_and_demo_build(demo_library: Path, encoder, tmp
         engine.close()
 
 
+def test_engine_query_makes_two_store_calls(demo_library: Path, encoder) -> None:
+    # On a shared library every store call is a round trip: a query of an embedded image makes
+    # two (benchmarks/shared_library.py times exactly these), where it once made fourteen.
+    engine = Engine(demo_library, Settings(), encoder=encoder)
+    try:
+        run_job(engine.prepare(CancelToken()))
+        image_id = engine.store.images()[0].id
+        run_job(engine.query(image_id, CancelToken()))  # embeds and caches it
+        store, made, depth = engine.store, [], [0]
+        for name in [n for n in dir(type(store)) if not n.startswith("_")]:
+            method = getattr(store, name)
+            if not callable(method):
+                continue
+
+            def counted(*args, _method=method, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                if depth[0] == 0:
+                    made.append(_name)
+                depth[0] += 1
+                try:
+                    return _method(*args, **kwargs)
+                finally:
+                    depth[0] -= 1
+
+            setattr(store, name, counted)
+        result = run_job(engine.query(image_id, CancelToken()))
+        assert made == ["query_start", "query_finish"]
+        assert result.record == engine.store.get_image(image_id) and result.tiles and result.ranking
+        assert all(t.name for t in result.tiles)  # the tiles' records came with query_finish
+        latest = engine.store.predictions(image_id)[0]
+        assert latest.predictor == Settings().local_predictor and list(latest.demo_ids) == list(result.demo_ids)
+    finally:
+        engine.close()
+
+
+def test_engine_query_takes_a_label_set_elsewhere_at_once(demo_library: Path, encoder) -> None:
+    # The query reads the labels version once, with its image; a newer one re-reads the labels.
+    engine = Engine(demo_library, Settings(), encoder=encoder)
+    try:
+        run_job(engine.prepare(CancelToken()))
+        image_id = engine.store.images()[0].id
+        first = run_job(engine.query(image_id, CancelToken()))
+        nearest = first.tiles[0].image_id
+        with open_library(demo_library, user="colleague") as other:  # another window, another PC
+            other.set_label(nearest, "relabelled elsewhere", source="expert")
+        again = run_job(engine.query(image_id, CancelToken()))
+        assert (again.tiles[0].image_id, again.tiles[0].label) == (nearest, "relabelled elsewhere")
+    finally:
+        engine.close()
+
+
 def test_batch_job_cancel_keeps_what_was_done(demo_library: Path, encoder, tmp_path: Path) -> None:
     folder = tmp_path / "batch"
     run_job(generate_demo(folder, per_class=2, seed=5, size=96))
