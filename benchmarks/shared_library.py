@@ -17,10 +17,12 @@ library copy``'s code, then prints:
    Printed: labels per second overall, p50/p95 of one label change, conflicts
    detected, and lost updates (applied changes missing from the history, or images
    whose final label or label version disagrees with the applied changes: must be 0).
-2. The same single-client store calls on SQLite and on PostgreSQL side by side, p50
-   and p95 in ms: open, stats (the counts ``nmid stats`` shows), the store calls of
-   one query without the embedding (find the file by sha256, its cached embedding,
-   labels version, the records of K=5 demonstrations), one label set.
+2. The same single-client store calls on SQLite and on PostgreSQL side by side (the two
+   take turns call by call), p50 and p95 in ms: open, stats (the counts ``nmid stats``
+   shows), the store calls of one window query without the embedding (``query_start``:
+   the image, its cached embedding, the labels version and the model's stored answer;
+   ``query_finish``: the local prediction stored and the records of K=5 demonstrations
+   read), one label set.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from nmid_desktop.core.errors import LabelConflict  # noqa: E402
 from nmid_desktop.core.jobs import run_job  # noqa: E402
-from nmid_desktop.core.store import ImageFilter, Store, open_library  # noqa: E402
+from nmid_desktop.core.store import ImageFilter, PredictionRecord, Store, open_library  # noqa: E402
 from nmid_desktop.core.store.copy import copy_library  # noqa: E402
 
 CLASSES = ("crazing", "inclusion", "patches", "pitted", "rolled", "scratches")
@@ -124,46 +126,70 @@ def lost_updates(store: Store, applied: list[tuple[int, int, str]]) -> int:
     return lost
 
 
-def timed(fn: Any, repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
+def calls(store: Store, n: int, seed: int) -> dict[str, Any]:
+    """The store calls one window makes, on one backend (the same random choices on each)."""
+    rng = random.Random(seed)
+
+    def stats() -> None:
+        store.count_images()
+        store.count_images(ImageFilter(unlabelled=False))
+        store.count_images(ImageFilter(synthetic=True))
+        for review in ("pending", "accepted", "rejected"):
+            store.count_images(ImageFilter(review=review))
+        store.classes()
+        store.labels_version()
+
+    def query() -> None:
+        # Engine.query's store calls (tests/unit/test_workspace.py holds the engine to them): the
+        # image with its cached embedding, the labels version and the model's stored answer; the
+        # search (in memory) gives K=5 demonstrations; the local prediction stored and the
+        # demonstrations' records read.
+        start = store.query_start(rng.randrange(1, n + 1), "bench@1")
+        assert start.embedding is not None
+        demos = [rng.randrange(1, n + 1) for _ in range(5)]
+        store.query_finish(demos, PredictionRecord(
+            image_id=start.record.id, predictor="knn", label=CLASSES[0],
+            ranking=[(c, 1.0 / len(CLASSES)) for c in CLASSES], confidence=0.5, demo_ids=demos,
+        ))
+
+    def label() -> None:
+        image_id = rng.randrange(1, n + 1)
+        store.set_label(image_id, rng.choice(CLASSES), source="expert",
+                        expected_version=store.get_image(image_id).label_version)
+
+    return {"stats": stats, "query": query, "label": label}
+
+
+def side_by_side(locations: dict[str, tuple[str, Path | None]], n: int, repeat: int) -> dict[str, dict[str, list[float]]]:
+    """p50/p95 inputs of each call on each backend, the backends taking turns call by call.
+
+    Taking turns (and swapping who goes first) puts both under the same moment's load: this
+    machine is shared, and a burst elsewhere would otherwise land on one backend only.
+    """
+    res: dict[str, dict[str, list[float]]] = {name: {} for name in locations}
+
+    def one(fn: Any) -> float:
         t0 = time.perf_counter()
         fn()
-        out.append(time.perf_counter() - t0)
-    return out
+        return time.perf_counter() - t0
 
-
-def single_client(location: str, folder: Path | None, shas: list[str], repeat: int) -> dict[str, list[float]]:
-    """p50/p95 inputs of the store calls one window makes, on one backend."""
-    rng = random.Random(7)
-    res: dict[str, list[float]] = {}
-    res["open"] = timed(lambda: open_library(location, shared_folder=folder, user="solo").close(), max(5, repeat // 10))
-    with open_library(location, shared_folder=folder, user="solo") as store:
-        def stats() -> None:
-            store.count_images()
-            store.count_images(ImageFilter(unlabelled=False))
-            store.count_images(ImageFilter(synthetic=True))
-            for review in ("pending", "accepted", "rejected"):
-                store.count_images(ImageFilter(review=review))
-            store.classes()
-            store.labels_version()
-
-        def query() -> None:
-            record = store.find_image(rng.choice(shas))
-            assert record is not None
-            store.get_embeddings("bench@1", [record.id])
-            store.labels_version()
-            store.images(ImageFilter(ids=[rng.randrange(1, len(shas)) for _ in range(5)]))
-
-        def label() -> None:
-            image_id = rng.randrange(1, len(shas))
-            store.set_label(image_id, rng.choice(CLASSES), source="expert",
-                            expected_version=store.get_image(image_id).label_version)
-
-        stats()  # warm connection and caches as a running window has them
-        res["stats"] = timed(stats, repeat)
-        res["query"] = timed(query, repeat)
-        res["label"] = timed(label, repeat)
+    opens = {name: lambda loc=loc, folder=folder: open_library(loc, shared_folder=folder, user="solo").close()
+             for name, (loc, folder) in locations.items()}
+    stores = {name: open_library(loc, shared_folder=folder, user="solo") for name, (loc, folder) in locations.items()}
+    try:
+        work = {name: calls(store, n, seed=7) for name, store in stores.items()}
+        for fns in work.values():
+            fns["stats"]()  # warm connection and caches as a running window has them
+        names = list(locations)
+        for what in ("open", "stats", "query", "label"):
+            times = max(5, repeat // 10) if what == "open" else repeat
+            for i in range(times):
+                for name in names if i % 2 == 0 else names[::-1]:
+                    fn = opens[name] if what == "open" else work[name][what]
+                    res[name].setdefault(what, []).append(one(fn))
+    finally:
+        for store in stores.values():
+            store.close()
     return res
 
 
@@ -217,9 +243,9 @@ def main() -> int:
             print(f"  conflicts detected    {sum(r['conflicts'] for r in results):8d}")
             print(f"  lost updates          {lost:8d}")
 
-            sqlite = single_client(str(tmp / "sqlite"), None, shas, args.repeat)
-            pg = single_client(url, folder, shas, args.repeat)
-            print(f"\nsingle client, p50 / p95 in ms over {args.repeat} calls (open: fewer):")
+            both = side_by_side({"sqlite": (str(tmp / "sqlite"), None), "pg": (url, folder)}, len(shas), args.repeat)
+            sqlite, pg = both["sqlite"], both["pg"]
+            print(f"\nsingle client, p50 / p95 in ms over {args.repeat} calls (open: fewer), the two taking turns:")
             print(f"  {'':<8}{'SQLite':>18}{'PostgreSQL':>20}{'p95 ratio':>12}")
             for name in ("open", "stats", "query", "label"):
                 a, b = sqlite[name], pg[name]
