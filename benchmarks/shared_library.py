@@ -193,6 +193,22 @@ def side_by_side(locations: dict[str, tuple[str, Path | None]], n: int, repeat: 
     return res
 
 
+def settle(url: str, limit_s: float = 180.0) -> float:
+    """Wait until no autovacuum worker runs (the burst's dead rows are cleaned); returns the wait."""
+    import psycopg
+
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        quiet = 0
+        while time.perf_counter() - t0 < limit_s and quiet < 3:
+            busy = conn.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ).fetchone()
+            quiet = quiet + 1 if not busy or not busy[0] else 0
+            time.sleep(1.0)
+    return time.perf_counter() - t0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="images in the library")
@@ -243,6 +259,9 @@ def main() -> int:
             print(f"  conflicts detected    {sum(r['conflicts'] for r in results):8d}")
             print(f"  lost updates          {lost:8d}")
 
+            settled = settle(url)
+            print(f"\nautovacuum after the burst: {settled:.1f} s until no worker ran (the single-client figures "
+                  "are a server between bursts, as a lab's is most of the day)")
             both = side_by_side({"sqlite": (str(tmp / "sqlite"), None), "pg": (url, folder)}, len(shas), args.repeat)
             sqlite, pg = both["sqlite"], both["pg"]
             print(f"\nsingle client, p50 / p95 in ms over {args.repeat} calls (open: fewer), the two taking turns:")
