@@ -15,7 +15,8 @@ SCREENS = Path("/work/screens")
 
 def test_close_during_a_stuck_model_request_exits_at_once(library: Path, tmp_path: Path):
     shot = SCREENS / "close_during_stuck_request.png" if SCREENS.is_dir() else tmp_path / "close.png"
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    # faulthandler: a crash of the scenario prints every thread's stack into the failure.
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", PYTHONFAULTHANDLER="1")
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(SCENARIO), str(library), str(shot)],
