@@ -299,6 +299,11 @@ class PgStore(SqlStore):
             raise LibraryError("an insert returned no id")
         return int(row[0])
 
+    # Parameters: the prediction's row (``_prediction_row``), then the array of image ids.
+    _QUERY_FINISH = (
+        f"WITH stored AS ({SqlStore._PREDICTION_INSERT} RETURNING id) {_IMAGE_SELECT} WHERE i.id = ANY(?::bigint[])"
+    )
+
     def query_finish(self, demo_ids: Sequence[int], prediction: PredictionRecord | None) -> list[ImageRecord]:
         if self._depth() > 0 or prediction is None or not demo_ids:
             return super().query_finish(demo_ids, prediction)
@@ -307,9 +312,8 @@ class PgStore(SqlStore):
         # The insert and the read as one statement: one round trip. It runs in autocommit (all
         # or nothing) and is not retried, as in _insert_one.
         # ``= ANY``: an index scan of a few ids, no sort (the caller's order is restored below).
-        sql = f"WITH stored AS ({self._PREDICTION_INSERT} RETURNING id) {_IMAGE_SELECT} WHERE i.id = ANY(?::bigint[])"
         try:
-            rows = self._conn().execute(_pg_sql(sql), [*values, ids], binary=True).fetchall()
+            rows = self._conn().execute(_pg_sql(self._QUERY_FINISH), [*values, ids], binary=True).fetchall()
         except psycopg.IntegrityError as exc:
             raise LibraryError(f"cannot store a prediction for image {prediction.image_id}: {exc}") from exc
         except psycopg.OperationalError as exc:

@@ -121,18 +121,18 @@ class RecordsMixin(SqlBase):
             int(p.tokens_in), int(p.tokens_out), float(p.cost_usd), p.at or _now(),
         )
 
+    # Parameters: encoder key, predictor, image id.
+    _QUERY_START = """SELECT i.*, c.name AS label,
+        (SELECT e.vector FROM embeddings e WHERE e.encoder_key = ? AND e.image_id = i.id) AS q_vector,
+        (SELECT m.value FROM meta m WHERE m.key = 'labels_version') AS q_labels_version,
+        (SELECT MAX(p.id) FROM predictions p WHERE p.image_id = i.id AND p.predictor = ?) AS q_answer
+        FROM images i LEFT JOIN classes c ON c.id = i.class_id WHERE i.id = ?"""
+
     def query_start(self, image_id: int, encoder_key: str | None, predictor: str = "lmm") -> QueryStart:
         image_id = int(image_id)
         # One statement (scalar subqueries work in both dialects): the record, its embedding,
         # the labels version and the id of the newest answer, whose row is read only if there is one.
-        row = self._q(
-            """SELECT i.*, c.name AS label,
-                 (SELECT e.vector FROM embeddings e WHERE e.encoder_key = ? AND e.image_id = i.id) AS q_vector,
-                 (SELECT m.value FROM meta m WHERE m.key = 'labels_version') AS q_labels_version,
-                 (SELECT MAX(p.id) FROM predictions p WHERE p.image_id = i.id AND p.predictor = ?) AS q_answer
-               FROM images i LEFT JOIN classes c ON c.id = i.class_id WHERE i.id = ?""",
-            (encoder_key or "", predictor, image_id),
-        ).fetchone()
+        row = self._q(self._QUERY_START, (encoder_key or "", predictor, image_id)).fetchone()
         if row is None:
             raise LibraryError(f"no image with id {image_id} in the library {self.root}")
         blob = row["q_vector"] if encoder_key is not None else None
