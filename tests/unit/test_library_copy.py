@@ -150,3 +150,39 @@ def _drive(job: Any) -> Any:
             next(job)
         except StopIteration as stop:
             return stop.value
+
+
+def test_a_copied_library_keeps_index_plans_while_predictions_grow(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The copy's ANALYZE skips empty tables: "analyzed, no rows" froze a scan into prepared plans.
+
+    The window's sessions plan each prepared statement once (``force_generic_plan``). Planned on
+    a ``predictions`` table that statistics said was empty, ``query_start``'s newest-answer lookup
+    scanned the table, and every query adds a row to it.
+    """
+    import re
+
+    first = make_library("sqlite", tmp_path, request, "first")
+    shared = make_library("postgresql", tmp_path, request, "shared")
+    src = first.open()
+    folder = tmp_path / "originals"
+    folder.mkdir()
+    for i in range(40):
+        path = folder / f"img{i}.tif"
+        path.write_bytes(f"img-{i}".encode())
+        image_id, _ = src.add_image(path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), page=0, n_pages=1,
+                                    width=10, height=8, dtype="uint8", copy=False)
+        src.set_label(image_id, "pores" if i % 2 else "wires", source="expert")
+    pg = shared.open()
+    _drive(copy_library(src, pg))
+    conn = pg._conn()  # the store's own session, with its plan settings
+    counter = iter(range(1, 10))
+    sql = re.sub(r"\?", lambda _: f"${next(counter)}", type(pg)._QUERY_START)
+    conn.execute(f"PREPARE start_lookup AS {sql}")
+    conn.execute("EXECUTE start_lookup('enc@1', 'lmm', 1)")  # planned now, on the copy's statistics
+    for k in range(300):
+        pg.add_prediction(PredictionRecord(1 + k % 40, "knn", "pores", [("pores", 1.0)], 1.0))
+    plan = "\n".join(str(r[0]) for r in conn.execute("EXPLAIN EXECUTE start_lookup('enc@1', 'lmm', 1)").fetchall())
+    assert "Seq Scan on predictions" not in plan, plan
+    assert pg.query_start(1, None).record.id == 1
+    for store in (src, pg):
+        store.close()

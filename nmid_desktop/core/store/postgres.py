@@ -484,9 +484,25 @@ class PgStore(SqlStore):
     def after_bulk_load(self) -> None:
         """After rows were copied in with their ids: move every id sequence past the largest id,
         and gather the planner's statistics (a fresh table has none until autovacuum comes by,
-        and until then a join of a few rows can be planned as a scan)."""
+        and until then a join of a few rows can be planned as a scan).
+
+        Only tables that hold rows are analyzed. An empty table analyzed says "no rows" for
+        certain, and a prepared statement planned on that (``force_generic_plan``) scans the
+        table for good while it grows: ``query_start``'s newest-answer lookup over ``predictions``
+        (one more row per query) got slower with every query. A table never analyzed is
+        planned as a small table of unknown size, whose point lookups use the index.
+        """
         self.reset_identities()
-        self._conn().execute("ANALYZE")
+        conn = self._conn()
+        tables = [str(r[0]) for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname = current_schema() ORDER BY c.relname"
+        ).fetchall()]
+        for table in tables:
+            name = pgsql.Identifier(table)
+            found = conn.execute(pgsql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(name)).fetchone()
+            if found is not None and found[0]:
+                conn.execute(pgsql.SQL("ANALYZE {}").format(name))
 
     def reset_identities(self) -> None:
         """Move every id sequence past the largest id (after rows were copied in with their ids)."""
