@@ -22,7 +22,8 @@ library copy``'s code, then prints:
    shows), the store calls of one window query without the embedding (``query_start``:
    the image, its cached embedding, the labels version and the model's stored answer;
    ``query_finish``: the local prediction stored and the records of K=5 demonstrations
-   read), one label set.
+   read), one label set. Beside the query: its two PostgreSQL statements through libpq alone
+   (prepared, results not decoded), the floor under any client of a two-round-trip query.
 """
 
 from __future__ import annotations
@@ -160,13 +161,61 @@ def calls(store: Store, n: int, seed: int) -> dict[str, Any]:
     return {"stats": stats, "query": query, "label": label}
 
 
-def side_by_side(locations: dict[str, tuple[str, Path | None]], n: int, repeat: int) -> dict[str, dict[str, list[float]]]:
+def libpq_query(url: str, n: int, seed: int) -> Any:
+    """The query's two PostgreSQL statements through libpq alone: the floor under any client.
+
+    The same SQL as ``PgStore.query_start`` and ``query_finish``, prepared once and sent with
+    ``PQexecPrepared`` (binary results, left undecoded), with the same random choices as
+    :func:`calls`. What ``query`` costs above this is psycopg's execute machinery and the
+    records built from the rows (which SQLite's figure includes too).
+    """
+    import re
+
+    import psycopg
+
+    from nmid_desktop.core.store.postgres import PgStore
+
+    def numbered(sql: str) -> bytes:
+        counter = iter(range(1, 100))
+        return re.sub(r"\?", lambda _: f"${next(counter)}", sql).encode()
+
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("SET plan_cache_mode = force_generic_plan")  # as PgStore's connections
+    pg = conn.pgconn
+    pg.prepare(b"bench_query_start", numbered(PgStore._QUERY_START))
+    pg.prepare(b"bench_query_finish", numbered(PgStore._QUERY_FINISH))
+    rng = random.Random(seed)
+
+    def text(value: Any) -> bytes | None:
+        return None if value is None else str(value).encode()
+
+    def query() -> None:
+        image_id = rng.randrange(1, n + 1)
+        start = pg.exec_prepared(b"bench_query_start", [b"bench@1", b"lmm", str(image_id).encode()], result_format=1)
+        assert start.ntuples == 1, start.get_error_message()
+        demos = [rng.randrange(1, n + 1) for _ in range(5)]
+        row = PgStore._prediction_row(PredictionRecord(
+            image_id=image_id, predictor="knn", label=CLASSES[0],
+            ranking=[(c, 1.0 / len(CLASSES)) for c in CLASSES], confidence=0.5, demo_ids=demos,
+        ))
+        finish = pg.exec_prepared(b"bench_query_finish", [*map(text, row), ("{" + ",".join(map(str, demos)) + "}").encode()],
+                                  result_format=1)
+        assert finish.ntuples >= 1, finish.get_error_message()
+
+    query.close = conn.close  # type: ignore[attr-defined]
+    return query
+
+
+def side_by_side(locations: dict[str, tuple[str, Path | None]], n: int, repeat: int,
+                 floor: Any = None) -> dict[str, dict[str, list[float]]]:
     """p50/p95 inputs of each call on each backend, the backends taking turns call by call.
 
     Taking turns (and swapping who goes first) puts both under the same moment's load: this
     machine is shared, and a burst elsewhere would otherwise land on one backend only.
+    ``floor`` (:func:`libpq_query`) takes its turn with the queries, as ``res["libpq"]``.
     """
     res: dict[str, dict[str, list[float]]] = {name: {} for name in locations}
+    res["libpq"] = {}
 
     def one(fn: Any) -> float:
         t0 = time.perf_counter()
@@ -187,6 +236,8 @@ def side_by_side(locations: dict[str, tuple[str, Path | None]], n: int, repeat: 
                 for name in names if i % 2 == 0 else names[::-1]:
                     fn = opens[name] if what == "open" else work[name][what]
                     res[name].setdefault(what, []).append(one(fn))
+                if what == "query" and floor is not None:
+                    res["libpq"].setdefault(what, []).append(one(floor))
     finally:
         for store in stores.values():
             store.close()
@@ -262,7 +313,12 @@ def main() -> int:
             settled = settle(url)
             print(f"\nautovacuum after the burst: {settled:.1f} s until no worker ran (the single-client figures "
                   "are a server between bursts, as a lab's is most of the day)")
-            both = side_by_side({"sqlite": (str(tmp / "sqlite"), None), "pg": (url, folder)}, len(shas), args.repeat)
+            floor = libpq_query(url, len(shas), seed=7)
+            try:
+                both = side_by_side({"sqlite": (str(tmp / "sqlite"), None), "pg": (url, folder)}, len(shas),
+                                    args.repeat, floor)
+            finally:
+                floor.close()
             sqlite, pg = both["sqlite"], both["pg"]
             print(f"\nsingle client, p50 / p95 in ms over {args.repeat} calls (open: fewer), the two taking turns:")
             print(f"  {'':<8}{'SQLite':>18}{'PostgreSQL':>20}{'p95 ratio':>12}")
@@ -270,6 +326,12 @@ def main() -> int:
                 a, b = sqlite[name], pg[name]
                 print(f"  {name:<8}{1000 * pct(a, 50):8.2f} / {1000 * pct(a, 95):7.2f}"
                       f"{1000 * pct(b, 50):10.2f} / {1000 * pct(b, 95):7.2f}{pct(b, 95) / pct(a, 95):11.2f}x")
+            a, b = sqlite["query"], both["libpq"]["query"]
+            print(f"  {'libpq':<8}{'':>18}{1000 * pct(b, 50):10.2f} / {1000 * pct(b, 95):7.2f}"
+                  f"{pct(b, 95) / pct(a, 95):11.2f}x   (the query's two statements through libpq alone,")
+            print(f"  {'':<8}{'':>18}{'':>20}{'':>12}    results undecoded: the floor of two round trips;"
+                  " p50 ratio "
+                  f"{pct(b, 50) / pct(a, 50):.2f}x)")
         finally:
             if server is not None:
                 server.stop()
