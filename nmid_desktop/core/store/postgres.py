@@ -70,25 +70,18 @@ class _Row(tuple):
         return list(self._names)
 
 
-_ROW_CLASSES: dict[tuple[str, ...], type[_Row]] = {}
+_ROW_CLASSES: dict[tuple[bytes | None, ...], type[_Row]] = {}
 
 
-_ROW_CLASSES_RAW: dict[tuple[bytes | None, ...], type[_Row]] = {}
-
-
-def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], _Row]:
+def _row_factory(cursor: Any) -> type[_Row]:
     # Keyed by the result's raw field names: ``cursor.description`` would build a Column
     # object per field on every statement, a third of a one-row read's time on 127.0.0.1.
     result = cursor.pgresult
     raw = () if result is None else tuple(result.fname(i) for i in range(result.nfields))
-    cls = _ROW_CLASSES_RAW.get(raw)
+    cls = _ROW_CLASSES.get(raw)
     if cls is None:
         names = tuple(c.name for c in cursor.description or ())
-        cls = _ROW_CLASSES.get(names)
-        if cls is None:
-            cls = type("Row", (_Row,), {"_names": {n: i for i, n in enumerate(names)}})
-            _ROW_CLASSES[names] = cls
-        _ROW_CLASSES_RAW[raw] = cls
+        cls = _ROW_CLASSES[raw] = type("Row", (_Row,), {"_names": {n: i for i, n in enumerate(names)}})
     return cls
 
 
