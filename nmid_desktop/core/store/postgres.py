@@ -54,6 +54,7 @@ RECONNECT_S = 20.0
 KEYRING_SERVICE = "nmid-desktop-postgresql"
 _MIGRATION_LOCK = 0x6E6D6964  # pg_advisory_xact_lock key: one client migrates at a time
 NOTIFY_CHANNEL = "nmid_labels"  # every label change notifies it with the new labels version
+_KEPT_CURSORS = 64  # per thread: one per single-row statement run (PgStore._cursor)
 
 
 class _Row(tuple):
@@ -83,6 +84,27 @@ def _row_factory(cursor: Any) -> type[_Row]:
         names = tuple(c.name for c in cursor.description or ())
         cls = _ROW_CLASSES[raw] = type("Row", (_Row,), {"_names": {n: i for i, n in enumerate(names)}})
     return cls
+
+
+class _StatementRows:
+    """The row factory of one statement's kept cursor: its row class is found once.
+
+    A statement's result always has the same columns, but a migration run from another PC
+    can add one to ``images`` (``SELECT i.*``): a different field count finds it again.
+    """
+
+    def __init__(self) -> None:
+        self._cls: type[_Row] | None = None
+        self._fields = -1
+
+    def __call__(self, cursor: Any) -> type[_Row]:
+        result = cursor.pgresult
+        fields = -1 if result is None else int(result.nfields)
+        cls = self._cls
+        if cls is None or fields != self._fields:
+            cls = self._cls = _row_factory(cursor)
+            self._fields = fields
+        return cls
 
 
 _SQL_CACHE: dict[str, str] = {}
@@ -225,6 +247,7 @@ class PgStore(SqlStore):
         """Forget this thread's connection (it is broken); the next statement reconnects."""
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
+        self._local.cursors = None
         self._local.depth = 0
         if conn is not None:
             with self._lock:
@@ -257,17 +280,46 @@ class PgStore(SqlStore):
     # -- dialect hooks -----------------------------------------------------------------------
     def _q(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         text = _pg_sql(sql)
+        return self._retried(lambda: self._conn().execute(text, params, binary=True))
+
+    def _q_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        text = _pg_sql(sql)
+        return self._retried(lambda: self._cursor(text).execute(text, params, binary=True).fetchone())
+
+    def _retried(self, run: Callable[[], T]) -> T:
+        """Run one statement; outside a transaction, once more on a new connection if it was lost."""
         try:
-            return self._conn().execute(text, params, binary=True)
+            return run()
         except psycopg.OperationalError as exc:
             if self._depth() > 0:
                 raise self._lost(exc) from None
             # Outside a transaction nothing was half done: reconnect and run the statement again.
             self._drop_conn()
             try:
-                return self._conn().execute(text, params, binary=True)
+                return run()
             except psycopg.OperationalError as again:
                 raise self._lost(again) from None
+
+    def _cursor(self, text: str) -> psycopg.Cursor[Any]:
+        """This thread's cursor for one statement (psycopg SQL), kept for its next run.
+
+        Only for statements whose rows are fetched before the caller returns. The hot
+        statements of a query pay neither for a new cursor and its adapters map (what
+        ``Connection.execute`` builds every time) nor for finding their row class again.
+        """
+        conn = self._conn()
+        kept: tuple[psycopg.Connection[Any], dict[str, psycopg.Cursor[Any]]] | None = getattr(
+            self._local, "cursors", None
+        )
+        if kept is None or kept[0] is not conn:
+            kept = (conn, {})
+            self._local.cursors = kept
+        cursor = kept[1].get(text)
+        if cursor is None:
+            if len(kept[1]) >= _KEPT_CURSORS:  # statements built from filters vary: keep a bounded few
+                kept[1].clear()
+            cursor = kept[1][text] = conn.cursor(row_factory=_StatementRows())
+        return cursor
 
     def _record(self, row: Any) -> ImageRecord:
         # By name through a dict (C lookups): _Row's Python __getitem__ per field cost more.
@@ -285,7 +337,8 @@ class PgStore(SqlStore):
         # One statement in autocommit is all or nothing on its own: no BEGIN and COMMIT round
         # trips. Not retried: a lost reply may hide a committed row, and a retry would add it twice.
         try:
-            row = self._conn().execute(_pg_sql(sql + " RETURNING id"), params).fetchone()
+            text = _pg_sql(sql + " RETURNING id")
+            row = self._cursor(text).execute(text, params).fetchone()
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
         if row is None:  # pragma: no cover - an INSERT ... RETURNING always returns its row
@@ -306,7 +359,8 @@ class PgStore(SqlStore):
         # or nothing) and is not retried, as in _insert_one.
         # ``= ANY``: an index scan of a few ids, no sort (the caller's order is restored below).
         try:
-            rows = self._conn().execute(_pg_sql(self._QUERY_FINISH), [*values, ids], binary=True).fetchall()
+            text = _pg_sql(self._QUERY_FINISH)
+            rows = self._cursor(text).execute(text, [*values, ids], binary=True).fetchall()
         except psycopg.IntegrityError as exc:
             raise LibraryError(f"cannot store a prediction for image {prediction.image_id}: {exc}") from exc
         except psycopg.OperationalError as exc:

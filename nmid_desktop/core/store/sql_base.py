@@ -90,6 +90,10 @@ class SqlBase(Store):
     def _q(self, sql: str, params: Sequence[Any] = ()) -> _DbCursor:
         """Run one statement (``?`` placeholders) on this thread's connection."""
 
+    def _q_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement and return its first row (or None); nothing is left to iterate."""
+        return self._q(sql, params).fetchone()
+
     @abc.abstractmethod
     def _insert(self, sql: str, params: Sequence[Any]) -> int:
         """Run an INSERT into a table with an ``id`` column; returns the new id."""
@@ -147,7 +151,7 @@ class SqlBase(Store):
         crop = self._check_crop(crop_box, width, height, source)
         pixel_size_m = _check_finite(pixel_size_m, "pixel size")
         with self.transaction():
-            row = self._q("SELECT id FROM images WHERE sha256 = ? AND page = ?", (sha256, page)).fetchone()
+            row = self._q_one("SELECT id FROM images WHERE sha256 = ? AND page = ?", (sha256, page))
             if row is not None:
                 return int(row["id"]), False
             original = original_path or os.path.abspath(source)
@@ -256,11 +260,11 @@ class SqlBase(Store):
         )
 
     def find_image(self, sha256: str, page: int = 0) -> ImageRecord | None:
-        row = self._q(_IMAGE_SELECT + " WHERE i.sha256 = ? AND i.page = ?", (sha256, page)).fetchone()
+        row = self._q_one(_IMAGE_SELECT + " WHERE i.sha256 = ? AND i.page = ?", (sha256, page))
         return None if row is None else self._record(row)
 
     def get_image(self, image_id: int) -> ImageRecord:
-        row = self._q(_IMAGE_SELECT + " WHERE i.id = ?", (int(image_id),)).fetchone()
+        row = self._q_one(_IMAGE_SELECT + " WHERE i.id = ?", (int(image_id),))
         if row is None:
             raise LibraryError(f"no image with id {image_id} in the library {self.root}")
         return self._record(row)
@@ -300,7 +304,7 @@ class SqlBase(Store):
     def count_images(self, flt: ImageFilter | None = None) -> int:
         where, params = self._where(flt)
         sql = "SELECT COUNT(*) FROM images i LEFT JOIN classes c ON c.id = i.class_id" + where
-        return int(self._q(sql, params).fetchone()[0])
+        return int(self._q_one(sql, params)[0])
 
     def set_crop_box(self, image_id: int, crop_box: tuple[int, int, int, int] | None) -> None:
         with self.transaction():
@@ -313,7 +317,7 @@ class SqlBase(Store):
 
     # -- taxonomy -----------------------------------------------------------------------
     def _class_row(self, name: str) -> _DbRow | None:
-        return self._q("SELECT * FROM classes WHERE name = ?", (name,)).fetchone()
+        return self._q_one("SELECT * FROM classes WHERE name = ?", (name,))
 
     def _class_record(self, class_id: int) -> ClassRecord:
         row = self._q(

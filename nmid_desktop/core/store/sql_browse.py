@@ -97,9 +97,9 @@ class BrowseMixin(SqlBase):
         """Bring ``queue_keys`` up to date with the predictions table; returns predictions read."""
         total = 0
         while True:
-            row = self._q("SELECT upto FROM queue_state").fetchone()
+            row = self._q_one("SELECT upto FROM queue_state")
             upto = int(row[0]) if row is not None else 0
-            newest = self._q("SELECT MAX(id) FROM predictions").fetchone()[0]
+            newest = self._q_one("SELECT MAX(id) FROM predictions")[0]
             if newest is None or int(newest) <= upto:
                 return total
             start = max(0, upto - _CATCH_UP_OVERLAP) if total == 0 else upto
@@ -198,7 +198,7 @@ class BrowseMixin(SqlBase):
         self._check_order(order, "knn")
         clauses, params = self._browse_where(flt, order != "id")
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        return int(self._q("SELECT COUNT(*) FROM images i" + where, params).fetchone()[0])
+        return int(self._q_one("SELECT COUNT(*) FROM images i" + where, params)[0])
 
     # -- pages -----------------------------------------------------------------------------
     def browse_ids(

@@ -92,7 +92,7 @@ class LabelsMixin(SqlBase):
             old = row["key"]
             if old == key:
                 return []
-            holder = None if key is None else self._q("SELECT id FROM classes WHERE key = ?", (key,)).fetchone()
+            holder = None if key is None else self._q_one("SELECT id FROM classes WHERE key = ?", (key,))
             # Free the key before taking it: the unique index is checked statement by statement.
             if holder is not None:
                 self._q("UPDATE classes SET key = NULL WHERE id = ?", (holder["id"],))
@@ -106,7 +106,7 @@ class LabelsMixin(SqlBase):
     def delete_class(self, name: str) -> None:
         with self.transaction():
             row = self._require_class(name)
-            n = int(self._q("SELECT COUNT(*) FROM images WHERE class_id = ?", (row["id"],)).fetchone()[0])
+            n = int(self._q_one("SELECT COUNT(*) FROM images WHERE class_id = ?", (row["id"],))[0])
             if n:
                 raise LabelError(
                     f"class {row['name']!r} still labels {n} image(s): merge it into another class, or relabel them first"
@@ -156,7 +156,7 @@ class LabelsMixin(SqlBase):
 
     # -- labels and history ---------------------------------------------------------------
     def _image_row(self, image_id: int) -> _DbRow:
-        row = self._q(_IMAGE_SELECT + " WHERE i.id = ?", (int(image_id),)).fetchone()
+        row = self._q_one(_IMAGE_SELECT + " WHERE i.id = ?", (int(image_id),))
         if row is None:
             raise LibraryError(f"no image with id {image_id} in the library {self.root}")
         return row
@@ -186,7 +186,7 @@ class LabelsMixin(SqlBase):
         old = self._prov(row) if old_prov is None else old_prov
         new_name = None
         if new_class_id is not None:
-            new_name = self._q("SELECT name FROM classes WHERE id = ?", (new_class_id,)).fetchone()[0]
+            new_name = self._q_one("SELECT name FROM classes WHERE id = ?", (new_class_id,))[0]
         return self._insert(
             """INSERT INTO label_events (grp, kind, image_id, old_class_id, old_label, new_class_id, new_label,
                old_review, new_review, old_prov, new_prov, source, actor, model, prompt_version, confidence, at,
@@ -219,7 +219,7 @@ class LabelsMixin(SqlBase):
 
     def _op_done(self, token: str) -> int | None:
         """The event id a retried operation already committed (a reply lost with a dropped connection)."""
-        row = self._q("SELECT event_id FROM applied_ops WHERE token = ?", (token,)).fetchone()
+        row = self._q_one("SELECT event_id FROM applied_ops WHERE token = ?", (token,))
         return None if row is None else int(row[0])
 
     def _op_mark(self, token: str, event_id: int) -> None:
@@ -230,7 +230,7 @@ class LabelsMixin(SqlBase):
         return operation()
 
     def _event(self, event_id: int) -> LabelEvent:
-        row = self._q(_EVENT_SELECT + " WHERE e.id = ?", (event_id,)).fetchone()
+        row = self._q_one(_EVENT_SELECT + " WHERE e.id = ?", (event_id,))
         return self._event_record(row)
 
     @staticmethod
@@ -430,7 +430,7 @@ class LabelsMixin(SqlBase):
         """Give a class re-created by an undone merge its old key back, unless another class holds it now."""
         if not isinstance(key, int) or key not in CLASS_KEYS:
             return
-        if self._q("SELECT 1 FROM classes WHERE key = ? AND id != ?", (key, class_id)).fetchone() is None:
+        if self._q_one("SELECT 1 FROM classes WHERE key = ? AND id != ?", (key, class_id)) is None:
             self._q("UPDATE classes SET key = ? WHERE id = ?", (key, class_id))
 
     def redo(self) -> LabelEvent | None:
@@ -477,7 +477,7 @@ class LabelsMixin(SqlBase):
         return [self._event_record(r) for r in rows]
 
     def labels_version(self) -> int:
-        return int(self._q("SELECT value FROM meta WHERE key = 'labels_version'").fetchone()[0])
+        return int(self._q_one("SELECT value FROM meta WHERE key = 'labels_version'")[0])
 
     def changes_since(self, version: int) -> LabelChanges:
         # Read the version first: a change committed between the two reads is listed now and again next time

@@ -40,7 +40,7 @@ class RecordsMixin(SqlBase):
         data = np.ascontiguousarray(vectors, dtype="<f4")
         dim = int(data.shape[1])
         with self.transaction():
-            row = self._q("SELECT dim FROM embeddings WHERE encoder_key = ? LIMIT 1", (encoder_key,)).fetchone()
+            row = self._q_one("SELECT dim FROM embeddings WHERE encoder_key = ? LIMIT 1", (encoder_key,))
             if row is not None and row[0] != dim:
                 raise LibraryError(
                     f"encoder {encoder_key!r} has {row[0]}-dimensional embeddings stored, not {dim}; drop them first"
@@ -132,7 +132,7 @@ class RecordsMixin(SqlBase):
         image_id = int(image_id)
         # One statement (scalar subqueries work in both dialects): the record, its embedding,
         # the labels version and the id of the newest answer, whose row is read only if there is one.
-        row = self._q(self._QUERY_START, (encoder_key or "", predictor, image_id)).fetchone()
+        row = self._q_one(self._QUERY_START, (encoder_key or "", predictor, image_id))
         if row is None:
             raise LibraryError(f"no image with id {image_id} in the library {self.root}")
         blob = row["q_vector"] if encoder_key is not None else None
@@ -143,7 +143,7 @@ class RecordsMixin(SqlBase):
             embedding = np.frombuffer(bytes(blob), dtype="<f4").astype(np.float32)
         answer = None
         if row["q_answer"] is not None:
-            found = self._q("SELECT * FROM predictions WHERE id = ?", (int(row["q_answer"]),)).fetchone()
+            found = self._q_one("SELECT * FROM predictions WHERE id = ?", (int(row["q_answer"]),))
             answer = None if found is None else self._prediction(found)
         return QueryStart(
             record=self._record(row), embedding=embedding,
@@ -238,7 +238,7 @@ class RecordsMixin(SqlBase):
             )
 
     def total_cost(self) -> float:
-        return float(self._q("SELECT COALESCE(SUM(cost_usd), 0) FROM api_usage").fetchone()[0])
+        return float(self._q_one("SELECT COALESCE(SUM(cost_usd), 0) FROM api_usage")[0])
 
     # -- splits and metadata ---------------------------------------------------------------
     def get_split(self) -> dict[int, str]:
@@ -270,7 +270,7 @@ class RecordsMixin(SqlBase):
                 raise LibraryError(f"cannot store the split: unknown image id ({exc})") from exc
 
     def get_meta(self, key: str, default: JsonValue = None) -> JsonValue:
-        row = self._q("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._q_one("SELECT value FROM meta WHERE key = ?", (key,))
         return default if row is None else json.loads(row[0])
 
     def set_meta(self, key: str, value: JsonValue) -> None:
