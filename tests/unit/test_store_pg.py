@@ -343,3 +343,27 @@ def test_server_restart_during_a_batch_loses_nothing(pg_server: object, pg_libra
     assert restarted.is_set()
     assert store.count_images() == 60 and len(store.history(limit=1000)) == 60
     assert {c.name: c.count for c in store.classes()} == {"k": 60}
+
+
+def test_a_column_added_by_another_pcs_migration_is_read_by_name(pg_library: Library, tmp_path: Path) -> None:
+    """Single-row reads keep one cursor and row class per statement; a new column finds them again.
+
+    ``SELECT i.*, c.name AS label``: a column added to ``images`` moves ``label`` one place on.
+    """
+    store = pg_library.open()
+    (image_id,) = _add(store, tmp_path / "f", 1)
+    for label in ["pores", "wires"] * 4:  # past psycopg's prepare threshold: prepared on the server
+        store.set_label(image_id, label, source="expert")
+        assert store.get_image(image_id).label == label
+    with psycopg.connect(pg_library.location, autocommit=True) as other:
+        other.execute("ALTER TABLE images ADD COLUMN added_elsewhere INTEGER")
+    try:
+        # Inside a transaction: the change is made once, on a new connection.
+        event = store.set_label(image_id, "pores", source="expert")
+        assert store.get_image(image_id).label == "pores" and store.get_image(image_id).label_version == 9
+        assert [e.id for e in store.history(image_id=image_id)].count(event.id) == 1
+        with psycopg.connect(pg_library.location, autocommit=True) as other:
+            other.execute("ALTER TABLE images DROP COLUMN added_elsewhere")
+        assert store.get_image(image_id).label == "pores"  # outside one: read again at once
+    finally:
+        store.close()

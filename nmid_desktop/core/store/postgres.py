@@ -86,6 +86,14 @@ def _row_factory(cursor: Any) -> type[_Row]:
     return cls
 
 
+def _lost_or_stale(exc: BaseException) -> bool:
+    """The connection is gone, or a prepared statement is stale ("cached plan must not change
+    result type", raised before the statement runs): either way, a new connection helps."""
+    return isinstance(exc, psycopg.OperationalError) or (
+        isinstance(exc, psycopg.errors.FeatureNotSupported) and "cached plan" in str(exc)
+    )
+
+
 class _StatementRows:
     """The row factory of one statement's kept cursor: its row class is found once.
 
@@ -287,17 +295,25 @@ class PgStore(SqlStore):
         return self._retried(lambda: self._cursor(text).execute(text, params, binary=True).fetchone())
 
     def _retried(self, run: Callable[[], T]) -> T:
-        """Run one statement; outside a transaction, once more on a new connection if it was lost."""
+        """Run one statement; outside a transaction, once more on a new connection if it was lost.
+
+        A prepared statement whose tables another PC changed (an upgrade of the library adds
+        a column) fails before it runs; a new connection prepares it again, so it counts as lost.
+        """
         try:
             return run()
-        except psycopg.OperationalError as exc:
-            if self._depth() > 0:
+        except (psycopg.OperationalError, psycopg.errors.FeatureNotSupported) as exc:
+            if not _lost_or_stale(exc):
+                raise
+            if self._depth() > 0:  # the caller's transaction is lost: _write runs it again
                 raise self._lost(exc) from None
             # Outside a transaction nothing was half done: reconnect and run the statement again.
             self._drop_conn()
             try:
                 return run()
-            except psycopg.OperationalError as again:
+            except (psycopg.OperationalError, psycopg.errors.FeatureNotSupported) as again:
+                if not _lost_or_stale(again):
+                    raise
                 raise self._lost(again) from None
 
     def _cursor(self, text: str) -> psycopg.Cursor[Any]:
