@@ -154,9 +154,17 @@ def test_a_retried_write_is_not_applied_twice(pg_library: Library, tmp_path: Pat
     store = pg_library.open()
     (image_id,) = _add(store, tmp_path / "src", 1)
     args = (image_id, "k", "expert", "", None, None, None, None, None, "token-1")
-    first = store._set_label(*args)  # type: ignore[attr-defined]
-    again = store._set_label(*args)  # what a retry after a lost COMMIT reply does
-    assert again.id == first.id and len(store.history(image_id)) == 1 and store.labels_version() == 1
+    attempts = []
+
+    def operation() -> object:
+        attempts.append(store._set_label(*args))  # type: ignore[attr-defined]
+        if len(attempts) == 1:  # committed, but the reply to COMMIT was lost with the connection
+            raise LibraryUnavailable("lost the connection to the shared library")
+        return attempts[-1]
+
+    again = store._write(operation)  # type: ignore[attr-defined]
+    assert len(attempts) == 2 and again.id == attempts[0].id
+    assert len(store.history(image_id)) == 1 and store.labels_version() == 1
 
 
 def test_actor_defaults_to_the_user(pg_library: Library, tmp_path: Path) -> None:

@@ -433,7 +433,9 @@ class PgStore(SqlStore):
             return operation()
         deadline = time.monotonic() + RECONNECT_S
         delay = 0.0  # a terminated backend: reconnect at once; a restarting server: back off
+        retrying = False
         while True:
+            self._local.retrying = retrying  # a retry looks for its token (_op_done)
             try:
                 return operation()
             except LibraryUnavailable:
@@ -442,6 +444,12 @@ class PgStore(SqlStore):
                 log.warning("shared library %s: connection lost, retrying", self.location)
                 time.sleep(delay)
                 delay = min(max(delay * 2, 0.1), 2.0)
+                retrying = True
+            finally:
+                self._local.retrying = False
+
+    def _retrying(self) -> bool:
+        return bool(getattr(self._local, "retrying", False))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
