@@ -182,10 +182,11 @@ class LabelsMixin(SqlBase):
         grp: int | None = None,
         discarded: int = 0,
         old_prov: dict[str, Any] | None = None,
+        new_name: str | None = None,
     ) -> int:
+        """One history row; ``new_name`` is the new class's name when the caller knows it."""
         old = self._prov(row) if old_prov is None else old_prov
-        new_name = None
-        if new_class_id is not None:
+        if new_class_id is not None and new_name is None:
             new_name = self._q_one("SELECT name FROM classes WHERE id = ?", (new_class_id,))[0]
         return self._insert(
             """INSERT INTO label_events (grp, kind, image_id, old_class_id, old_label, new_class_id, new_label,
@@ -340,6 +341,7 @@ class LabelsMixin(SqlBase):
             event_id = self._insert_event(
                 "conflict" if stale else "label", row, class_id, review, prov, source=source, actor=actor, at=now,
                 model=model, prompt_version=prompt_version, confidence=confidence, discarded=int(stale),
+                new_name=label,  # class_id is the class of exactly this name
             )
             if not stale:
                 self._apply(row["id"], class_id, review, prov, version)
