@@ -43,7 +43,7 @@ from nmid_desktop.core.store.base import ImageRecord, PredictionRecord
 from nmid_desktop.core.store.location import library_key, redact_text, redact_url, url_password
 from nmid_desktop.core.store.pg_schema import MIGRATIONS, SCHEMA_VERSION
 from nmid_desktop.core.store.sql import SqlStore, _now
-from nmid_desktop.core.store.sql_base import _IMAGE_SELECT
+from nmid_desktop.core.store.sql_base import _IMAGE_SELECT, _in_order
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,12 @@ def _row_factory(cursor: Any) -> type[_Row]:
         names = tuple(c.name for c in cursor.description or ())
         cls = _ROW_CLASSES[raw] = type("Row", (_Row,), {"_names": {n: i for i, n in enumerate(names)}})
     return cls
+
+
+def _returned_id(row: Any) -> int:
+    if row is None:  # pragma: no cover - an INSERT ... RETURNING always returns its row
+        raise LibraryError("an insert returned no id")
+    return int(row[0])
 
 
 def _lost_or_stale(exc: BaseException) -> bool:
@@ -342,10 +348,7 @@ class PgStore(SqlStore):
         return super()._record(dict(zip(row._names, row, strict=True)))
 
     def _insert(self, sql: str, params: Sequence[Any]) -> int:
-        row = self._q(sql + " RETURNING id", params).fetchone()
-        if row is None:  # pragma: no cover - an INSERT ... RETURNING always returns its row
-            raise LibraryError("an insert returned no id")
-        return int(row[0])
+        return _returned_id(self._q(sql + " RETURNING id", params).fetchone())
 
     def _insert_one(self, sql: str, params: Sequence[Any]) -> int:
         if self._depth() > 0:  # inside the caller's transaction: a savepoint keeps it usable on an error
@@ -354,12 +357,9 @@ class PgStore(SqlStore):
         # trips. Not retried: a lost reply may hide a committed row, and a retry would add it twice.
         try:
             text = _pg_sql(sql + " RETURNING id")
-            row = self._cursor(text).execute(text, params).fetchone()
+            return _returned_id(self._cursor(text).execute(text, params).fetchone())
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
-        if row is None:  # pragma: no cover - an INSERT ... RETURNING always returns its row
-            raise LibraryError("an insert returned no id")
-        return int(row[0])
 
     # Parameters: the prediction's row (``_prediction_row``), then the array of image ids.
     _QUERY_FINISH = (
@@ -381,8 +381,7 @@ class PgStore(SqlStore):
             raise LibraryError(f"cannot store a prediction for image {prediction.image_id}: {exc}") from exc
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
-        by_id = {record.id: record for record in map(self._record, rows)}
-        return [by_id[i] for i in ids if i in by_id]
+        return _in_order({record.id: record for record in map(self._record, rows)}, ids)
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         try:

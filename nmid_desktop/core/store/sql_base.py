@@ -52,6 +52,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _in_order(by_id: dict[int, T], ids: Sequence[int]) -> list[T]:
+    """The values of ``by_id`` in the order of ``ids`` (ids not found are left out)."""
+    return [by_id[int(i)] for i in ids if int(i) in by_id]
+
+
 def _check_finite(value: float | None, what: str) -> float | None:
     if value is None:
         return None

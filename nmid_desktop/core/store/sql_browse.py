@@ -24,7 +24,7 @@ from typing import Any
 
 from nmid_desktop.core.errors import LibraryError
 from nmid_desktop.core.store.base import ImageRecord
-from nmid_desktop.core.store.sql_base import _IMAGE_SELECT, SqlBase, _DbRow
+from nmid_desktop.core.store.sql_base import _IMAGE_SELECT, SqlBase, _DbRow, _in_order
 
 BROWSE_ORDERS = ("id", "uncertain", "disagree")
 LOCAL_PREDICTORS = ("knn", "logreg")
@@ -302,7 +302,7 @@ class BrowseMixin(SqlBase):
         choice = local_predictor if order != "id" else None
         rows = self._select([clause], [param], choice, "i.id", len(ids), False)
         by_id = {int(r["id"]): (self._item(r) if choice else BrowseItem(self._record(r))) for r in rows}
-        return [by_id[int(i)] for i in ids if int(i) in by_id]
+        return _in_order(by_id, ids)
 
     def _select(
         self, clauses: list[str], params: list[Any], choice: str | None, order_by: str, limit: int, ids_only: bool

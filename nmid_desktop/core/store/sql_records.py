@@ -24,6 +24,7 @@ from nmid_desktop.core.store.sql_base import (
     SqlBase,
     _check_finite,
     _DbRow,
+    _in_order,
     _now,
 )
 
@@ -158,8 +159,7 @@ class RecordsMixin(SqlBase):
     def _demo_records(self, demo_ids: Sequence[int]) -> list[ImageRecord]:
         if not demo_ids:
             return []
-        by_id = {r.id: r for r in self.images(ImageFilter(ids=[int(i) for i in demo_ids]))}
-        return [by_id[int(i)] for i in demo_ids if int(i) in by_id]
+        return _in_order({r.id: r for r in self.images(ImageFilter(ids=[int(i) for i in demo_ids]))}, demo_ids)
 
     @staticmethod
     def _prediction(row: _DbRow) -> PredictionRecord:
