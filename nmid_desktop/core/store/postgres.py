@@ -100,27 +100,6 @@ def _lost_or_stale(exc: BaseException) -> bool:
     )
 
 
-class _StatementRows:
-    """The row factory of one statement's kept cursor: its row class is found once.
-
-    A statement's result always has the same columns, but a migration run from another PC
-    can add one to ``images`` (``SELECT i.*``): a different field count finds it again.
-    """
-
-    def __init__(self) -> None:
-        self._cls: type[_Row] | None = None
-        self._fields = -1
-
-    def __call__(self, cursor: Any) -> type[_Row]:
-        result = cursor.pgresult
-        fields = -1 if result is None else int(result.nfields)
-        cls = self._cls
-        if cls is None or fields != self._fields:
-            cls = self._cls = _row_factory(cursor)
-            self._fields = fields
-        return cls
-
-
 _SQL_CACHE: dict[str, str] = {}
 
 
@@ -326,8 +305,9 @@ class PgStore(SqlStore):
         """This thread's cursor for one statement (psycopg SQL), kept for its next run.
 
         Only for statements whose rows are fetched before the caller returns. The hot
-        statements of a query pay neither for a new cursor and its adapters map (what
-        ``Connection.execute`` builds every time) nor for finding their row class again.
+        statements of a query do not pay for a new cursor and its adapters map (what
+        ``Connection.execute`` builds every time). Rows are found by their field names
+        (``_row_factory``), so a column another PC's migration adds or drops is read right.
         """
         conn = self._conn()
         kept: tuple[psycopg.Connection[Any], dict[str, psycopg.Cursor[Any]]] | None = getattr(
@@ -340,7 +320,7 @@ class PgStore(SqlStore):
         if cursor is None:
             if len(kept[1]) >= _KEPT_CURSORS:  # statements built from filters vary: keep a bounded few
                 kept[1].clear()
-            cursor = kept[1][text] = conn.cursor(row_factory=_StatementRows())
+            cursor = kept[1][text] = conn.cursor()
         return cursor
 
     def _record(self, row: Any) -> ImageRecord:
