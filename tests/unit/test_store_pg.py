@@ -375,3 +375,24 @@ def test_a_column_added_by_another_pcs_migration_is_read_by_name(pg_library: Lib
         assert store.get_image(image_id).label == "pores"  # outside one: read again at once
     finally:
         store.close()
+
+
+def test_a_stale_plan_in_a_query_is_reported_and_the_next_query_works(pg_library: Library, tmp_path: Path) -> None:
+    """query_finish is never retried (its insert must not run twice): a stale plan is one clear error."""
+    from nmid_desktop.core.store import PredictionRecord
+
+    store = pg_library.open()
+    ids = _add(store, tmp_path / "f", 3)
+    prediction = PredictionRecord(ids[0], "knn", "a", [("a", 1.0)], 1.0, demo_ids=ids[1:])
+    for _ in range(7):  # past psycopg's prepare threshold
+        store.query_finish(ids[1:], prediction)
+    with psycopg.connect(pg_library.location, autocommit=True) as other:
+        other.execute("ALTER TABLE images ADD COLUMN added_elsewhere INTEGER")
+    try:
+        with pytest.raises(LibraryUnavailable, match="cached plan"):
+            store.query_finish(ids[1:], prediction)
+        assert [r.id for r in store.query_finish(ids[1:], prediction)] == ids[1:]
+    finally:
+        with psycopg.connect(pg_library.location, autocommit=True) as other:
+            other.execute("ALTER TABLE images DROP COLUMN added_elsewhere")
+        store.close()

@@ -335,10 +335,20 @@ class PgStore(SqlStore):
             return super()._insert_one(sql, params)
         # One statement in autocommit is all or nothing on its own: no BEGIN and COMMIT round
         # trips. Not retried: a lost reply may hide a committed row, and a retry would add it twice.
+        text = _pg_sql(sql + " RETURNING id")
+        return _returned_id(self._once(lambda: self._cursor(text).execute(text, params).fetchone()))
+
+    def _once(self, run: Callable[[], T]) -> T:
+        """Run a statement that must not run twice (a lost reply may hide its commit).
+
+        A lost connection or a stale prepared statement is reported as LibraryUnavailable,
+        and the connection is dropped, so the next statement starts on a fresh one.
+        """
         try:
-            text = _pg_sql(sql + " RETURNING id")
-            return _returned_id(self._cursor(text).execute(text, params).fetchone())
-        except psycopg.OperationalError as exc:
+            return run()
+        except (psycopg.OperationalError, psycopg.errors.FeatureNotSupported) as exc:
+            if not _lost_or_stale(exc):
+                raise
             raise self._lost(exc) from None
 
     # Parameters: the prediction's row (``_prediction_row``), then the array of image ids.
@@ -354,13 +364,11 @@ class PgStore(SqlStore):
         # The insert and the read as one statement: one round trip. It runs in autocommit (all
         # or nothing) and is not retried, as in _insert_one.
         # ``= ANY``: an index scan of a few ids, no sort (the caller's order is restored below).
+        text = _pg_sql(self._QUERY_FINISH)
         try:
-            text = _pg_sql(self._QUERY_FINISH)
-            rows = self._cursor(text).execute(text, [*values, ids], binary=True).fetchall()
+            rows = self._once(lambda: self._cursor(text).execute(text, [*values, ids], binary=True).fetchall())
         except psycopg.IntegrityError as exc:
             raise LibraryError(f"cannot store a prediction for image {prediction.image_id}: {exc}") from exc
-        except psycopg.OperationalError as exc:
-            raise self._lost(exc) from None
         return _in_order({record.id: record for record in map(self._record, rows)}, ids)
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
